@@ -1,0 +1,11 @@
+"""safedpo_jax: SafeDPO (Kim et al., ICLR 2026, arXiv 2505.20065) in pure JAX.
+
+Submodules are imported on demand so that, for instance, ``import safedpo_jax.losses``
+pulls in jax and numpy alone:
+
+- `safedpo_jax.losses`: the loss kernel (safety transform, SafeDPO and SafeDAA losses,
+  sequence log-probs, reductions, metrics).
+- `safedpo_jax.sharding`: device meshes and the logical-axis rules table.
+"""
+
+__version__ = "0.1.0"
