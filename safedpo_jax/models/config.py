@@ -353,8 +353,9 @@ class DecoderConfig:
                 else self.eos_token_id
             ),
             pad_token_id=self.pad_token_id,
-            dtype=self.torch_dtype,
         )
+        if self.torch_dtype is not None:
+            out["dtype"] = self.torch_dtype
         if mt != "qwen2" or self.head_dim != self.hidden_size // self.num_attention_heads:
             out["head_dim"] = self.head_dim
         if mt in ("llama", "qwen3"):

@@ -25,19 +25,20 @@ attend to themselves only and so stay finite.
 >>> config = DecoderConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
 ...                        num_hidden_layers=1, num_attention_heads=2)
 >>> model = CausalLM(config, rngs=nnx.Rngs(0))
->>> ids = jnp.array([[5, 6, 7, 0]]); mask = jnp.array([[1, 1, 1, 0]])
->>> model(ids, mask).shape
+>>> forward = nnx.jit(lambda model, ids, mask, cache: model(ids, mask, cache=cache))
+>>> ids = jnp.array([[0, 5, 6, 7]]); mask = jnp.array([[0, 1, 1, 1]])  # left-padded
+>>> forward(model, ids, mask, None).shape
 (1, 4, 64)
->>> cache = model.init_cache(1, 8)
->>> logits, cache = model(ids[:, :3], mask[:, :3], cache=cache)
+>>> logits, cache = forward(model, ids, mask, model.init_cache(1, 8))
 >>> int(cache.index), cache.positions.tolist()
-(3, [3])
+(4, [3])
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 from collections.abc import Callable
 from typing import Any
@@ -603,28 +604,27 @@ def init_model(
     (one jitted initialiser whose output shardings come from the logical-axis rules), so
     the full model never sits on one device; the values equal the unsharded ones.
 
-    >>> from safedpo_jax.models.config import DecoderConfig
-    >>> config = DecoderConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
-    ...                        num_hidden_layers=1, num_attention_heads=2)
-    >>> type(init_model(config, rngs=nnx.Rngs(0))).__name__
-    'CausalLM'
+    The compiled initialiser is cached per (class, config, options, mesh).
     """
-    cls = model_class(config)
-    kw = dict(
+    options = dict(
         dtype=dtype,
         param_dtype=param_dtype,
         remat=remat,
         attention_impl=attention_impl,
         precision=precision,
     )
-    abstract = nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0), **kw))
-    graphdef, abstract_state = nnx.split(abstract)
+    graphdef, create = _initializer(model_class(config), config, tuple(options.items()), mesh)
+    return nnx.merge(graphdef, create(rngs.params()))
+
+
+@functools.lru_cache(maxsize=8)
+def _initializer(cls: type[_Base], config: DecoderConfig, options: tuple, mesh: Mesh | None):
+    """``(graphdef, jitted key -> state)`` with output shardings from the logical-axis rules."""
+    build = lambda key: cls(config, rngs=nnx.Rngs(key), **dict(options))  # noqa: E731
+    graphdef, abstract_state = nnx.split(nnx.eval_shape(lambda: build(0)))
     shardings = None
     if mesh is not None:
         from safedpo_jax.sharding import state_shardings
 
         shardings = state_shardings(abstract_state, mesh)
-    create = jax.jit(
-        lambda key: nnx.state(cls(config, rngs=nnx.Rngs(key), **kw)), out_shardings=shardings
-    )
-    return nnx.merge(graphdef, create(rngs.params()))
+    return graphdef, jax.jit(lambda key: nnx.state(build(key)), out_shardings=shardings)
