@@ -2,17 +2,16 @@
 
 Shape suffixes name dimensions: ``b`` batch, ``t`` new (query) positions, ``s`` key
 positions (the cache length when decoding), ``d`` model width, ``n`` query heads, ``k``
-key/value heads, ``g`` query heads per key/value head, ``h`` head width, ``f`` MLP width,
-``v`` vocabulary, ``c`` score outputs.
+key/value heads, ``h`` head width, ``f`` MLP width, ``v`` vocabulary, ``c`` score outputs.
 
 Numerics. Parameters are stored in ``param_dtype`` and cast to the compute ``dtype`` where
 they are used, so bf16 compute over fp32 master weights works. RMSNorm statistics, rotary
 angles and the attention softmax run in float32. Every matmul of a forward pass runs under
-``jax.default_matmul_precision(precision)`` with ``precision="highest"`` by default: on
-TPU and on GPUs with TF32 the backend default for float32 inputs is a single bf16 / TF32
-pass, which makes summed sequence log-probs drift by nats between devices; "highest"
-keeps float32 inputs in float32 (bf16 inputs are unaffected). Pass ``precision=None`` to
-inherit the ambient setting.
+``jax.default_matmul_precision(precision)``, ``precision="highest"`` by default: for
+float32 inputs the backend default may be one bf16 pass (TPU) or TF32 (recent NVIDIA
+GPUs), which makes summed sequence log-probs drift by nats between devices; "highest"
+keeps float32 matmuls in float32 and costs nothing for bf16 inputs. Pass
+``precision=None`` to inherit the ambient setting (e.g. for fast float32 experiments).
 
 Positions come from the attention mask, ``cumsum(mask) - 1`` clipped at 0 (continuing from
 the cache's per-row position when decoding), so right-padded training batches and
@@ -290,7 +289,13 @@ class Block(nnx.Module):
         self.mlp = MLP(config, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         self.window = config.layer_window(layer)
 
-    def __call__(self, x_btd, positions_bt, masks, kv):
+    def __call__(
+        self,
+        x_btd: Array,
+        positions_bt: Array,
+        masks: dict[str, Array],
+        kv: tuple[Array, Array, Array] | None,
+    ) -> tuple[Array, tuple[Array, Array] | None]:
         mask_b1ts = masks[_window_key(self.window)]
         h_btd, new_kv = self.self_attn(self.input_layernorm(x_btd), positions_bt, mask_b1ts, kv)
         x_btd = x_btd + h_btd

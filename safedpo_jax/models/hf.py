@@ -334,7 +334,11 @@ def _place(host: np.ndarray, sharding: jax.sharding.Sharding | None) -> jax.Arra
 
 # ------------------------------------------------------------------ writing checkpoints
 def _parse_size(size: int | str) -> int:
-    """Bytes in ``size``: an int, or a string like ``"5GB"``, ``"500MB"``, ``"10KiB"``."""
+    """Bytes in ``size``: an int, or a string like ``"5GB"``, ``"500MB"``, ``"10KiB"``.
+
+    >>> _parse_size("5GB"), _parse_size("10KiB"), _parse_size(123)
+    (5000000000, 10240, 123)
+    """
     if isinstance(size, int):
         return size
     match = re.fullmatch(

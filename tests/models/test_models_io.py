@@ -178,3 +178,34 @@ def test_explicit_kind_for_config_without_architectures(checkpoint, tmp_path):
         from_pretrained(tmp_path / "clf")
     model = from_pretrained(tmp_path / "clf", kind="score")
     assert model.config.architectures == ("LlamaForSequenceClassification",)
+
+
+def test_bf16_params_save_in_bf16(tmp_path):
+    family, overrides = CASES["qwen3-tied-gqa2"]
+    hf = build_hf(family, tmp_path / "fp32", **overrides).to(torch.bfloat16)
+    hf.save_pretrained(tmp_path / "bf16")
+    model = from_pretrained(tmp_path / "bf16", param_dtype=jnp.bfloat16)
+    save_pretrained(model, tmp_path / "ours")
+    assert json.loads((tmp_path / "ours" / "config.json").read_text())["dtype"] == "bfloat16"
+    import transformers
+
+    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "ours", dtype="auto")
+    assert back.dtype == torch.bfloat16
+    _assert_same_state(hf, back)
+
+
+def test_hub_ids_go_through_snapshot_download(checkpoint, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    calls = []
+
+    def fake_snapshot_download(repo_id, *, revision, allow_patterns):
+        calls.append((repo_id, revision, allow_patterns))
+        return str(tmp_path / "good")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    model = from_pretrained("PKU-Alignment/beaver-7b-unified-reward", revision="main")
+    assert model.config.model_type == "llama"
+    ((repo_id, revision, patterns),) = calls
+    assert (repo_id, revision) == ("PKU-Alignment/beaver-7b-unified-reward", "main")
+    assert set(patterns) >= {"config.json", "*.safetensors", "model.safetensors.index.json"}

@@ -92,3 +92,13 @@ def test_sharded_init_matches_unsharded():
     assert sharded["model.layers.0.self_attn.q_norm.scale"].sharding.spec == P(None)
     for name, value in plain.items():
         np.testing.assert_array_equal(np.asarray(sharded[name]), np.asarray(value), name)
+
+
+def test_save_from_sharded_model_round_trips(qwen2_checkpoint, tmp_path):
+    from safedpo_jax.models import save_pretrained
+
+    sharded = from_pretrained(qwen2_checkpoint, mesh=make_mesh(data=2, fsdp=2, tensor=2))
+    save_pretrained(sharded, tmp_path, max_shard_size="20KB")
+    plain, again = _flat(from_pretrained(qwen2_checkpoint)), _flat(from_pretrained(tmp_path))
+    for name, value in plain.items():
+        np.testing.assert_array_equal(np.asarray(again[name]), np.asarray(value), name)
