@@ -423,7 +423,8 @@ class _Base(nnx.Module):
 
     Options: ``dtype`` the compute dtype, ``param_dtype`` the storage dtype of parameters,
     ``remat`` False, True (each block rematerialised, nothing saved) or the name of a
-    `jax.checkpoint_policies` member (e.g. ``"dots_with_no_batch_dims_saveable"``),
+    `jax.checkpoint_policies` member (e.g. ``"dots_with_no_batch_dims_saveable"``); it
+    applies to forward passes without a cache (training), never to cached decoding,
     ``attention_impl`` None (XLA), ``"xla"`` or ``"cudnn"`` (passed to
     `jax.nn.dot_product_attention`), ``precision`` the matmul precision of the forward pass.
     """
