@@ -6,6 +6,8 @@ pulls in jax and numpy alone:
 - `safedpo_jax.losses`: the loss kernel (safety transform, SafeDPO and SafeDAA losses,
   sequence log-probs, reductions, metrics).
 - `safedpo_jax.sharding`: device meshes and the logical-axis rules table.
+- `safedpo_jax.models`: Flax NNX Llama / Mistral / Qwen2 / Qwen3 decoders, score heads
+  and KV cache, with Hugging Face weight I/O (`from_pretrained`, `save_pretrained`).
 """
 
 __version__ = "0.1.0"
