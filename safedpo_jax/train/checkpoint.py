@@ -16,11 +16,13 @@ the one before.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 log = logging.getLogger(__name__)
 
@@ -73,22 +75,36 @@ class Checkpointer:
     def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict[str, Any]] | None:
         """The newest restorable checkpoint as ``(step, state, meta)``, or None if there is none.
 
-        A checkpoint that fails to restore is reported (warning with the reason) and the
-        next older one is tried.
+        A checkpoint that fails to restore is reported (a warning with the reason), moved
+        to ``damaged/<step>`` beside the others (kept for inspection, out of the way of
+        the steps the resumed run will save again) and the next older one is tried.
         """
+        damaged: list[int] = []
+        found = None
         for step in reversed(self.steps()):
             try:
                 state, meta = self.restore(step, abstract_state)
             except Exception as e:  # noqa: BLE001 - any failure means "damaged"
+                reason = str(e).splitlines()[0][:300] if str(e) else ""
                 log.warning(
                     "checkpoint %s is damaged and was skipped (%s: %s); trying an older one",
                     self.directory / str(step),
                     type(e).__name__,
-                    str(e).splitlines()[0] if str(e) else "",
+                    reason,
                 )
+                damaged.append(step)
                 continue
-            return step, state, meta
-        return None
+            found = (step, state, meta)
+            break
+        if damaged:
+            if jax.process_index() == 0:
+                for step in damaged:
+                    target = self.directory / "damaged" / f"{step}-{time.time_ns()}"
+                    target.parent.mkdir(exist_ok=True)
+                    (self.directory / str(step)).rename(target)
+            multihost_utils.sync_global_devices("checkpoint-damaged-moved")
+            self._manager.reload()
+        return found
 
     def wait(self) -> None:
         """Blocks until every pending asynchronous save is on disk."""

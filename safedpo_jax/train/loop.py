@@ -61,6 +61,7 @@ class TrainResult:
     export_dir: Path | None
     data_summary: dict[str, Any]
     resumed_from: int | None
+    state: steps.TrainState
 
 
 # --------------------------------------------------------------------------------------
@@ -72,6 +73,9 @@ def initialize_distributed(config: TrainConfig) -> None:
     """Runs `jax.distributed.initialize` for multi-host runs (before any device use)."""
     if not (config.distributed or config.coordinator_address):
         return
+    # Cross-process collectives between CPU devices (tests, CPU clusters) go through gloo;
+    # the setting does not affect GPU or TPU collectives.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     kwargs = {}
     if config.coordinator_address:
         kwargs = {
@@ -363,7 +367,8 @@ def train(config: TrainConfig) -> TrainResult:
                         done, state, {"data": iterator.state(), "step": done}, force=True
                     )
                 bar.update(1)
-            if eval_fn is not None and (not config.eval_every or total_steps % config.eval_every):
+            final_eval_due = not config.eval_every or total_steps % config.eval_every
+            if eval_fn is not None and start < total_steps and final_eval_due:
                 eval_metrics = run_eval()
                 metrics_log.write(total_steps, eval_metrics)
             if total_steps not in checkpointer.steps():
@@ -391,6 +396,7 @@ def train(config: TrainConfig) -> TrainResult:
         export_dir=export_dir,
         data_summary=summary,
         resumed_from=resumed_from,
+        state=state,
     )
 
 

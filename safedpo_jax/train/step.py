@@ -368,7 +368,7 @@ def _apply(
     schedule: optax.Schedule,
 ) -> tuple[TrainState, dict[str, Array]]:
     """The optimizer update, skipped (state unchanged) when the loss or gradient is not finite."""
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)

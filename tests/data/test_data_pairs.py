@@ -19,7 +19,13 @@ def triples(pairs):
 
 FF, TF, FT, TT = (False, False), (True, False), (False, True), (True, True)
 HELPFUL = [("a0", "b0", FF), ("a1", "b1", TF), ("b2", "a2", FT), ("b3", "a3", TT), ("b4", "a4", TF)]
-HARMLESS = [("a0", "b0", FF), ("b1", "a1", FT), ("b2", "a2", FT), ("a3", "b3", TT), ("a4", "b4", FT)]
+HARMLESS = [
+    ("a0", "b0", FF),
+    ("b1", "a1", FT),
+    ("b2", "a2", FT),
+    ("a3", "b3", TT),
+    ("a4", "b4", FT),
+]
 
 
 @pytest.mark.parametrize(
