@@ -6,6 +6,8 @@ pulls in jax and numpy alone:
 - `safedpo_jax.losses`: the loss kernel (safety transform, SafeDPO and SafeDAA losses,
   sequence log-probs, reductions, metrics).
 - `safedpo_jax.sharding`: device meshes and the logical-axis rules table.
+- `safedpo_jax.data`: preference data (PKU-SafeRLHF loading, pair constructions,
+  tokenisation, resumable batches, the embedded synthetic sample and its oracle); no JAX.
 """
 
 __version__ = "0.1.0"

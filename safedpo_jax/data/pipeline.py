@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
 
 from safedpo_jax.data.pairs import build_pairs, count_swapped
 from safedpo_jax.data.rows import OnError, SafetyLabel, load_rows, validate_rows
@@ -25,6 +24,7 @@ from safedpo_jax.data.tokenization import (
     PairDataset,
     SFTDataset,
     SFTResponses,
+    Tokenizer,
     load_tokenizer,
     sft_examples,
     tokenize_pairs,
@@ -34,7 +34,7 @@ from safedpo_jax.data.tokenization import (
 __all__ = ["load_preference_data", "load_sft_data"]
 
 
-def _tokenizer(tokenizer: Any) -> Any:
+def _tokenizer(tokenizer: Tokenizer | str | Path) -> Tokenizer:
     return load_tokenizer(tokenizer) if isinstance(tokenizer, str | Path) else tokenizer
 
 
@@ -43,7 +43,7 @@ def load_preference_data(
     *,
     split: str = "train",
     pairs: str = "safedpo",
-    tokenizer: Any,
+    tokenizer: Tokenizer | str | Path,
     max_length: int = 512,
     template: str = "safe_rlhf",
     config: str | None = None,
@@ -85,7 +85,7 @@ def load_sft_data(
     split: str = "train",
     responses: SFTResponses = "both",
     unique: bool = False,
-    tokenizer: Any,
+    tokenizer: Tokenizer | str | Path,
     max_length: int = 512,
     template: str = "safe_rlhf",
     config: str | None = None,

@@ -154,7 +154,7 @@ def load_rows(
             raise DataError(f"{name}: unknown config {config!r}; one of {HUB_CONFIGS[name]}")
         try:
             ds = datasets.load_dataset(name, config, split=split, cache_dir=cache)
-        except Exception as exc:  # noqa: BLE001 - any failure becomes one clear message
+        except Exception as exc:  # any failure becomes one clear message
             raise DataError(f"{name}: cannot load split {split!r} from the Hub: {exc}") from exc
         label = f"{name}[{config}]:{split}" if config else f"{name}:{split}"
         tables = (_table(label, ds),)
@@ -174,7 +174,7 @@ def _read_file(path: Path, cache: str | None) -> RawTable:
         raise DataError(f"{path}: unsupported file type; use one of {sorted(DATA_EXTENSIONS)}")
     try:
         ds = datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=cache)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # any failure becomes one clear message
         raise DataError(f"{path}: cannot be read as {builder}: {exc}") from exc
     return _table(str(path), ds)
 

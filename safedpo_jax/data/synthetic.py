@@ -790,7 +790,8 @@ preference labels computed by `safedpo_jax.data.synthetic.oracle`. See that modu
 def _cells(rows: list[dict[str, object]]) -> str:
     counts: dict[str, int] = {}
     for r in rows:
-        b = int(r["better_response_id"])  # type: ignore[call-overload]
+        b = r["better_response_id"]
+        assert isinstance(b, int)
         hw = "unsafe" if not r[f"is_response_{b}_safe"] else "safe"
         hl = "unsafe" if not r[f"is_response_{1 - b}_safe"] else "safe"
         key = f"{hw}>{hl}"

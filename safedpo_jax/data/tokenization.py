@@ -41,13 +41,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from safedpo_jax.data.batches import PairBatch, PromptBatch, SFTBatch
 from safedpo_jax.data.pairs import Pair
 from safedpo_jax.data.rows import SAMPLE, SAMPLE_TOKENIZER_DIR, PreferenceRow
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+# Any Hugging Face tokenizer. The alias is evaluated lazily, so transformers (slow to import)
+# is only imported by `load_tokenizer`.
+type Tokenizer = PreTrainedTokenizerBase
 
 __all__ = [
     "SAFE_RLHF_TEMPLATE",
@@ -69,7 +76,7 @@ SAFE_RLHF_TEMPLATE = "BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT:"
 SFTResponses = Literal["both", "better", "safer", "safe"]
 
 
-def load_tokenizer(name_or_path: str | Path) -> Any:
+def load_tokenizer(name_or_path: str | Path) -> Tokenizer:
     """``transformers.AutoTokenizer.from_pretrained``; ``"sample"`` is the sample tokenizer."""
     from transformers import AutoTokenizer
 
@@ -77,7 +84,9 @@ def load_tokenizer(name_or_path: str | Path) -> Any:
     return AutoTokenizer.from_pretrained(str(path))
 
 
-def format_prompt(prompt: str, *, template: str = "safe_rlhf", tokenizer: Any = None) -> str:
+def format_prompt(
+    prompt: str, *, template: str = "safe_rlhf", tokenizer: Tokenizer | None = None
+) -> str:
     """The prompt text before the response.
 
     >>> format_prompt("hi")
@@ -97,7 +106,7 @@ def format_prompt(prompt: str, *, template: str = "safe_rlhf", tokenizer: Any = 
     raise ValueError(f"template must be 'safe_rlhf', 'chat' or hold '{{prompt}}', got {template!r}")
 
 
-def _leading_special_ids(tokenizer: Any) -> list[int]:
+def _leading_special_ids(tokenizer: Tokenizer) -> list[int]:
     """The ids the tokenizer puts before the text when adding special tokens (e.g. BOS)."""
     plain = tokenizer("a", add_special_tokens=False)["input_ids"]
     full = tokenizer("a", add_special_tokens=True)["input_ids"]
@@ -108,7 +117,7 @@ def _leading_special_ids(tokenizer: Any) -> list[int]:
 
 
 def encode_prompts(
-    prompts: Sequence[str], tokenizer: Any, *, template: str = "safe_rlhf"
+    prompts: Sequence[str], tokenizer: Tokenizer, *, template: str = "safe_rlhf"
 ) -> list[list[int]]:
     """Token ids of each formatted prompt (see the module docstring); repeats are tokenised once."""
     unique = list(dict.fromkeys(prompts))
@@ -119,13 +128,13 @@ def encode_prompts(
     return [by_prompt[p] for p in prompts]
 
 
-def _encode_responses(responses: Sequence[str], tokenizer: Any) -> list[list[int]]:
+def _encode_responses(responses: Sequence[str], tokenizer: Tokenizer) -> list[list[int]]:
     if not responses:
         return []
     return [list(ids) for ids in tokenizer(list(responses), add_special_tokens=False)["input_ids"]]
 
 
-def _special_ids(tokenizer: Any) -> tuple[int, int]:
+def _special_ids(tokenizer: Tokenizer) -> tuple[int, int]:
     eos = tokenizer.eos_token_id
     if eos is None:
         raise ValueError("the tokenizer has no EOS token; sequences must end with one")
@@ -200,7 +209,7 @@ class PairDataset:
 
 
 def tokenize_pairs(
-    pairs: Sequence[Pair], tokenizer: Any, *, max_length: int, template: str = "safe_rlhf"
+    pairs: Sequence[Pair], tokenizer: Tokenizer, *, max_length: int, template: str = "safe_rlhf"
 ) -> PairDataset:
     """Tokenise pairs (see the module docstring for the layout and truncation rules)."""
     eos, pad = _special_ids(tokenizer)
@@ -318,7 +327,11 @@ class SFTDataset:
 
 
 def tokenize_sft(
-    examples: Sequence[SFTExample], tokenizer: Any, *, max_length: int, template: str = "safe_rlhf"
+    examples: Sequence[SFTExample],
+    tokenizer: Tokenizer,
+    *,
+    max_length: int,
+    template: str = "safe_rlhf",
 ) -> SFTDataset:
     """Tokenise SFT examples with the same layout and truncation rules as `tokenize_pairs`."""
     eos, pad = _special_ids(tokenizer)
@@ -382,7 +395,7 @@ class PromptDataset:
 
 def tokenize_prompts(
     prompts: Sequence[str],
-    tokenizer: Any,
+    tokenizer: Tokenizer,
     *,
     template: str = "safe_rlhf",
     max_length: int | None = None,
