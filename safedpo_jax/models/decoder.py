@@ -362,11 +362,17 @@ class Decoder(nnx.Module):
         x_btd = jnp.take(self.embed_tokens[...], input_ids_bt, axis=0).astype(self.dtype)
         new_keys, new_values = [], []
         if self.remat is not False and cache is None:
-            remat_block = nnx.remat(
-                lambda block, x, p, m: block(x, p, m, None)[0], policy=_remat_policy(self.remat)
-            )
+            # Plain jax.checkpoint over split/merge: the block is pure in its forward pass,
+            # so nothing needs writing back, and (unlike nnx.remat, which writes the state
+            # back) it works when the parameters come from an outer trace, e.g. a frozen
+            # reference merged inside the policy's jax.grad.
+            @functools.partial(jax.checkpoint, policy=_remat_policy(self.remat))
+            def remat_block(graphdef, state, x_btd, positions_bt, masks):
+                return nnx.merge(graphdef, state)(x_btd, positions_bt, masks, None)[0]
+
             for block in self.layers:
-                x_btd = remat_block(block, x_btd, positions_bt, masks)
+                graphdef, state = nnx.split(block)
+                x_btd = remat_block(graphdef, state, x_btd, positions_bt, masks)
         else:
             for i, block in enumerate(self.layers):
                 kv = None if cache is None else (cache.keys[i], cache.values[i], cache.index)

@@ -71,6 +71,21 @@ def test_remat_gives_identical_logits_and_gradients(model, remat):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6, rtol=1e-6)
 
 
+def test_remat_model_merged_inside_an_outer_grad_from_outside_parameters(model):
+    # The train step merges the frozen reference from parameters that are not traced by
+    # the policy's jax.grad; remat used to fail there ("Cannot mutate Param from a
+    # different trace level") because nnx.remat wrote the block state back.
+    graphdef, params, rest = nnx.split(_variant(model, remat=True), nnx.Param, ...)
+
+    def loss(policy_params, ref_params):
+        policy = nnx.merge(graphdef, policy_params, rest)(IDS, MASK).astype(jnp.float32)
+        ref = nnx.merge(graphdef, ref_params, rest)(IDS, MASK).astype(jnp.float32)
+        return jnp.sum(policy - jax.lax.stop_gradient(ref))
+
+    grads = jax.jit(jax.grad(loss))(params, params)
+    assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
+
+
 def test_padding_is_finite_and_does_not_leak(model):
     logits = np.asarray(_forward(model, IDS, MASK))
     assert np.isfinite(logits).all()
