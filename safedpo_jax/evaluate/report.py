@@ -189,7 +189,8 @@ def write_report(
     Args:
       out_dir: the output directory (created).
       runs: run name -> its scored responses, in the order the table lists them.
-      sft_run, helpful_run: the normalisation anchors; both or neither.
+      sft_run, helpful_run: the normalisation anchors; both or neither. Anchors with equal
+        helpfulness leave it unnormalised (a note in summary.md and summary.json).
       settings: JSON-ready settings (models, prompts, sampling) saved in summary.json.
     """
     if (sft_run is None) != (helpful_run is None):
@@ -200,8 +201,15 @@ def write_report(
     if len(set(dirnames)) != len(dirnames):
         raise ValueError(f"run names {list(runs)} collide as directory names {dirnames}")
     metrics = [summarize(name, records) for name, records in runs.items()]
+    note = ""
     if sft_run is not None and helpful_run is not None:
-        metrics = normalize_runs(metrics, sft_run=sft_run, helpful_run=helpful_run)
+        for anchor in (sft_run, helpful_run):
+            if anchor not in runs:
+                raise ValueError(f"anchor run {anchor!r} is not among the runs {list(runs)}")
+        try:
+            metrics = normalize_runs(metrics, sft_run=sft_run, helpful_run=helpful_run)
+        except ValueError as exc:  # equal anchors: keep every result, say why
+            note = f"Helpfulness not normalised: {exc}."
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -221,7 +229,10 @@ def write_report(
 
     anchors = {"sft_run": sft_run, "helpful_run": helpful_run}
     header = "# Evaluation summary\n\n"
-    if sft_run is not None:
+    if note:
+        header += note + "\n\n"
+        anchors["error"] = note
+    elif sft_run is not None:
         header += f"Helpfulness normalised with {sft_run} = 0 and {helpful_run} = 10.\n\n"
     files["summary_md"] = out / "summary.md"
     files["summary_md"].write_text(header + metrics_markdown(metrics))

@@ -84,6 +84,17 @@ def test_anchor_errors(tmp_path):
         write_report(tmp_path, {"a/b": RUNS["sft"], "a b": RUNS["sft"]})
 
 
+def test_equal_anchors_leave_helpfulness_raw_with_a_note(tmp_path):
+    report = write_report(
+        tmp_path, {"a": RUNS["sft"], "b": RUNS["sft"]}, sft_run="a", helpful_run="b"
+    )
+    assert all(m.helpfulness_normalized is None for m in report.metrics)
+    assert "not normalised" in (tmp_path / "summary.md").read_text()
+    assert (
+        "distinct" in json.loads((tmp_path / "summary.json").read_text())["normalization"]["error"]
+    )
+
+
 def test_failure_markdown_survives_backticks_and_pipes():
     r = ScoredResponse("p | q", "```python\nrm -rf /\n```", reward=0.0, cost=1.0)
     md = failures_markdown({"run|1": [r]})
