@@ -59,7 +59,9 @@ def make_mesh(
     """Builds a ``(data, fsdp, tensor)`` mesh over ``devices`` (default: all devices).
 
     One of the three sizes may be ``-1``: it takes every device the others leave. The
-    default puts every device on ``fsdp``.
+    default puts every device on ``fsdp``. On a single process, explicit sizes whose
+    product is smaller than the device count use the first devices (``1, 1, 1`` is a
+    one-device mesh).
 
     >>> mesh = make_mesh(devices=jax.devices()[:1])
     >>> dict(mesh.shape)
@@ -81,6 +83,14 @@ def make_mesh(
                 f"data={data} fsdp={fsdp} tensor={tensor}"
             )
         sizes[sizes.index(-1)] = len(devices) // known
+    if (
+        -1 not in (data, fsdp, tensor)
+        and math.prod(sizes) < len(devices)
+        and (jax.process_count() == 1)
+    ):
+        # Explicit sizes that ask for fewer devices than there are: use the first ones
+        # (single-process only; on several hosts every device must be in the mesh).
+        devices = devices[: math.prod(sizes)]
     if math.prod(sizes) != len(devices):
         raise ValueError(
             f"mesh data={sizes[0]} x fsdp={sizes[1]} x tensor={sizes[2]} needs "

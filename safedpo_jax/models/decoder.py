@@ -1,0 +1,636 @@
+"""The decoder (Llama, Mistral, Qwen2, Qwen3 as switches of one module), its heads and KV cache.
+
+Shape suffixes name dimensions: ``b`` batch, ``t`` new (query) positions, ``s`` key
+positions (the cache length when decoding), ``d`` model width, ``n`` query heads, ``k``
+key/value heads, ``h`` head width, ``f`` MLP width, ``v`` vocabulary, ``c`` score outputs.
+
+Numerics. Parameters are stored in ``param_dtype`` and cast to the compute ``dtype`` where
+they are used, so bf16 compute over fp32 master weights works. RMSNorm statistics, rotary
+angles and the attention softmax run in float32. Every matmul of a forward pass runs under
+``jax.default_matmul_precision(precision)``, ``precision="highest"`` by default: for
+float32 inputs the backend default may be one bf16 pass (TPU) or TF32 (recent NVIDIA
+GPUs), which makes summed sequence log-probs drift by nats between devices; "highest"
+keeps float32 matmuls in float32 and costs nothing for bf16 inputs. Pass
+``precision=None`` to inherit the ambient setting (e.g. for fast float32 experiments).
+
+Positions come from the attention mask, ``cumsum(mask) - 1`` clipped at 0 (continuing from
+the cache's per-row position when decoding), so right-padded training batches and
+left-padded generation prompts both match Hugging Face on real tokens. Padding queries
+attend to themselves only and so stay finite.
+
+>>> import jax.numpy as jnp
+>>> from flax import nnx
+>>> from safedpo_jax.models.config import DecoderConfig
+>>> config = DecoderConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
+...                        num_hidden_layers=1, num_attention_heads=2)
+>>> model = CausalLM(config, rngs=nnx.Rngs(0))
+>>> forward = nnx.jit(lambda model, ids, mask, cache: model(ids, mask, cache=cache))
+>>> ids = jnp.array([[0, 5, 6, 7]]); mask = jnp.array([[0, 1, 1, 1]])  # left-padded
+>>> forward(model, ids, mask, None).shape
+(1, 4, 64)
+>>> logits, cache = forward(model, ids, mask, model.init_cache(1, 8))
+>>> int(cache.index), cache.positions.tolist()
+(4, [3])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import json
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from safedpo_jax.models.config import DecoderConfig
+
+Array = jax.Array
+DType = Any
+
+
+class Buffer(nnx.Variable):
+    """A non-trainable array loaded with the weights (safe-rlhf's normalizer statistics)."""
+
+
+def _param(value: Array, names: tuple[str, ...]) -> nnx.Param:
+    """A parameter carrying logical axis ``names`` (see `safedpo_jax.sharding`)."""
+    return nnx.Param(value, out_sharding=names, eager_sharding=False)
+
+
+def _normal(rngs: nnx.Rngs, shape: tuple[int, ...], std: float, dtype: DType) -> Array:
+    return (std * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
+
+
+def _precision(precision: str | None) -> contextlib.AbstractContextManager:
+    """``jax.default_matmul_precision(precision)``, or no change when ``precision`` is None."""
+    return (
+        contextlib.nullcontext() if precision is None else jax.default_matmul_precision(precision)
+    )
+
+
+def _window_key(window: int | None) -> str:
+    return "full" if window is None else f"window{window}"
+
+
+def _attention_masks(
+    valid_bs: Array, q_slot_t: Array, k_slot_s: Array, windows: tuple[int | None, ...]
+) -> dict[str, Array]:
+    """``[B, 1, T, S]`` boolean masks, one per attention window, keyed by `_window_key`.
+
+    Causal over slots (sequence indices); padding keys are masked except a query's own
+    slot, so a padding query attends to itself and no row is empty (an all-masked row is
+    where attention kernels make NaN). A window ``w`` keeps keys ``q - k < w`` (Hugging
+    Face's sliding window: the query and the ``w - 1`` slots before it).
+    """
+    distance_ts = q_slot_t[:, None] - k_slot_s[None, :]
+    base_bts = (distance_ts >= 0)[None] & (valid_bs[:, None, :] | (distance_ts == 0)[None])
+    return {
+        _window_key(w): (base_bts if w is None else base_bts & (distance_ts < w)[None])[:, None]
+        for w in windows
+    }
+
+
+def _remat_policy(remat: bool | str) -> Callable[..., bool] | None:
+    """``True``: save nothing; a string: a `jax.checkpoint_policies` member by name."""
+    if isinstance(remat, str):
+        try:
+            return getattr(jax.checkpoint_policies, remat)
+        except AttributeError:
+            raise ValueError(f"unknown jax.checkpoint_policies member {remat!r}") from None
+    return None
+
+
+# --------------------------------------------------------------------------- KV cache
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class KVCache:
+    """Keys and values of every layer for incremental decoding (a jit-able, donate-able pytree).
+
+    Slots are sequence indices: a call with ``t`` new tokens writes slots
+    ``[index, index + t)`` of every row. The protocol: prefill a left-padded prompt batch
+    ``[B, P]`` with its mask into ``model.init_cache(B, max_length)``, then call with
+    ``[B, 1]`` tokens and a ``[B, 1]`` mask of ones; ``index + t`` must not exceed
+    ``max_length`` (nothing checks it under jit).
+
+    Fields:
+        keys: per layer, ``[B, S, K, H]`` rotated keys in the compute dtype.
+        values: per layer, ``[B, S, K, H]`` values.
+        mask: ``[B, S]`` bool, True where a slot holds a real token.
+        index: int32 scalar, the next slot to write (shared by all rows).
+        positions: ``[B]`` int32, each row's next rotary position (its real-token count).
+    """
+
+    keys: tuple[Array, ...]
+    values: tuple[Array, ...]
+    mask: Array
+    index: Array
+    positions: Array
+
+    @property
+    def max_length(self) -> int:
+        return self.mask.shape[1]
+
+
+# --------------------------------------------------------------------------- layers
+class RMSNorm(nnx.Module):
+    """``scale * x / sqrt(mean(x^2) + eps)`` with float32 statistics (Hugging Face order)."""
+
+    def __init__(self, dim: int, *, eps: float, dtype: DType, param_dtype: DType):
+        self.scale = _param(jnp.ones((dim,), param_dtype), ("norm",))
+        self.eps = eps
+        self.dtype = dtype
+
+    def __call__(self, x: Array) -> Array:
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return self.scale[...].astype(self.dtype) * normed.astype(self.dtype)
+
+
+def _rotate(x_btnh: Array, positions_bt: Array, inv_freq_h: np.ndarray) -> Array:
+    """Rotary embedding, Hugging Face's half-split convention, angles in float32."""
+    angle_bth = positions_bt.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq_h)
+    cos, sin = jnp.cos(angle_bth)[:, :, None, :], jnp.sin(angle_bth)[:, :, None, :]
+    x1, x2 = jnp.split(x_btnh.astype(jnp.float32), 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x_btnh.dtype)
+
+
+class Attention(nnx.Module):
+    """Grouped-query self-attention with rope, optional biases, q/k norms and a window."""
+
+    def __init__(
+        self,
+        config: DecoderConfig,
+        *,
+        rngs: nnx.Rngs,
+        dtype: DType,
+        param_dtype: DType,
+        attention_impl: str | None,
+    ):
+        d, n, k, h = (
+            config.hidden_size,
+            config.num_attention_heads,
+            config.num_key_value_heads,
+            config.head_dim,
+        )
+        std = config.initializer_range
+        self.q_proj = _param(
+            _normal(rngs, (d, n, h), std, param_dtype), ("embed", "heads", "head_dim")
+        )
+        self.k_proj = _param(
+            _normal(rngs, (d, k, h), std, param_dtype), ("embed", "kv_heads", "head_dim")
+        )
+        self.v_proj = _param(
+            _normal(rngs, (d, k, h), std, param_dtype), ("embed", "kv_heads", "head_dim")
+        )
+        self.o_proj = _param(
+            _normal(rngs, (n, h, d), std, param_dtype), ("heads", "head_dim", "embed")
+        )
+        # Optional parts are None when the family lacks them (one assignment each: NNX
+        # fixes an attribute's data/static status when it is first set).
+        zeros = lambda *shape: jnp.zeros(shape, param_dtype)  # noqa: E731
+        bias = config.qkv_bias
+        self.q_bias = _param(zeros(n, h), ("heads", "head_dim")) if bias else None
+        self.k_bias = _param(zeros(k, h), ("kv_heads", "head_dim")) if bias else None
+        self.v_bias = _param(zeros(k, h), ("kv_heads", "head_dim")) if bias else None
+        self.o_bias = _param(zeros(d), ("embed",)) if config.o_bias else None
+        norm = dict(eps=config.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
+        self.q_norm = RMSNorm(h, **norm) if config.qk_norm else None
+        self.k_norm = RMSNorm(h, **norm) if config.qk_norm else None
+        self.inv_freq = tuple(config.rope_inv_freq().tolist())
+        self.dtype = dtype
+        self.attention_impl = attention_impl
+
+    def _project(self, x_btd: Array, w: nnx.Param, b: nnx.Param | None) -> Array:
+        y = jnp.einsum("btd,dnh->btnh", x_btd, w[...].astype(self.dtype))
+        return y if b is None else y + b[...].astype(self.dtype)
+
+    def __call__(
+        self,
+        x_btd: Array,
+        positions_bt: Array,
+        mask_b1ts: Array,
+        kv: tuple[Array, Array, Array] | None,
+    ) -> tuple[Array, tuple[Array, Array] | None]:
+        """``kv``: ``(keys_bskh, values_bskh, write_index)`` of a cache, or None."""
+        q_btnh = self._project(x_btd, self.q_proj, self.q_bias)
+        k_btkh = self._project(x_btd, self.k_proj, self.k_bias)
+        v_btkh = self._project(x_btd, self.v_proj, self.v_bias)
+        if self.q_norm is not None:
+            q_btnh, k_btkh = self.q_norm(q_btnh), self.k_norm(k_btkh)
+        inv_freq = np.asarray(self.inv_freq, np.float32)
+        q_btnh = _rotate(q_btnh, positions_bt, inv_freq)
+        k_btkh = _rotate(k_btkh, positions_bt, inv_freq)
+        new_kv = None
+        if kv is not None:
+            keys_bskh, values_bskh, index = kv
+            start = (0, index, 0, 0)
+            k_btkh = jax.lax.dynamic_update_slice(keys_bskh, k_btkh.astype(keys_bskh.dtype), start)
+            v_btkh = jax.lax.dynamic_update_slice(
+                values_bskh, v_btkh.astype(keys_bskh.dtype), start
+            )
+            new_kv = (k_btkh, v_btkh)
+        out_btnh = jax.nn.dot_product_attention(
+            q_btnh,
+            k_btkh.astype(self.dtype),
+            v_btkh.astype(self.dtype),
+            mask=mask_b1ts,
+            implementation=self.attention_impl,
+        )
+        y_btd = jnp.einsum("btnh,nhd->btd", out_btnh, self.o_proj[...].astype(self.dtype))
+        if self.o_bias is not None:
+            y_btd = y_btd + self.o_bias[...].astype(self.dtype)
+        return y_btd, new_kv
+
+
+class MLP(nnx.Module):
+    """SwiGLU: ``down(silu(gate(x)) * up(x))``."""
+
+    def __init__(self, config: DecoderConfig, *, rngs: nnx.Rngs, dtype: DType, param_dtype: DType):
+        d, f, std = config.hidden_size, config.intermediate_size, config.initializer_range
+        self.gate_proj = _param(_normal(rngs, (d, f), std, param_dtype), ("embed", "mlp"))
+        self.up_proj = _param(_normal(rngs, (d, f), std, param_dtype), ("embed", "mlp"))
+        self.down_proj = _param(_normal(rngs, (f, d), std, param_dtype), ("mlp", "embed"))
+        self.dtype = dtype
+
+    def __call__(self, x_btd: Array) -> Array:
+        gate_btf = jnp.einsum("btd,df->btf", x_btd, self.gate_proj[...].astype(self.dtype))
+        up_btf = jnp.einsum("btd,df->btf", x_btd, self.up_proj[...].astype(self.dtype))
+        return jnp.einsum(
+            "btf,fd->btd", jax.nn.silu(gate_btf) * up_btf, self.down_proj[...].astype(self.dtype)
+        )
+
+
+class Block(nnx.Module):
+    """Pre-norm residual block: attention then MLP."""
+
+    def __init__(
+        self,
+        config: DecoderConfig,
+        layer: int,
+        *,
+        rngs: nnx.Rngs,
+        dtype: DType,
+        param_dtype: DType,
+        attention_impl: str | None,
+    ):
+        kw = dict(eps=config.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
+        self.input_layernorm = RMSNorm(config.hidden_size, **kw)
+        self.self_attn = Attention(
+            config, rngs=rngs, dtype=dtype, param_dtype=param_dtype, attention_impl=attention_impl
+        )
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, **kw)
+        self.mlp = MLP(config, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        self.window = config.layer_window(layer)
+
+    def __call__(
+        self,
+        x_btd: Array,
+        positions_bt: Array,
+        masks: dict[str, Array],
+        kv: tuple[Array, Array, Array] | None,
+    ) -> tuple[Array, tuple[Array, Array] | None]:
+        mask_b1ts = masks[_window_key(self.window)]
+        h_btd, new_kv = self.self_attn(self.input_layernorm(x_btd), positions_bt, mask_b1ts, kv)
+        x_btd = x_btd + h_btd
+        x_btd = x_btd + self.mlp(self.post_attention_layernorm(x_btd))
+        return x_btd, new_kv
+
+
+class Decoder(nnx.Module):
+    """Token embedding, the blocks and the final norm (Hugging Face's ``model.*``)."""
+
+    def __init__(
+        self,
+        config: DecoderConfig,
+        *,
+        rngs: nnx.Rngs,
+        dtype: DType,
+        param_dtype: DType,
+        attention_impl: str | None,
+        remat: bool | str,
+    ):
+        self.embed_tokens = _param(
+            _normal(
+                rngs, (config.vocab_size, config.hidden_size), config.initializer_range, param_dtype
+            ),
+            ("vocab", "embed"),
+        )
+        self.layers = nnx.List(
+            [
+                Block(
+                    config,
+                    i,
+                    rngs=rngs,
+                    dtype=dtype,
+                    param_dtype=param_dtype,
+                    attention_impl=attention_impl,
+                )
+                for i in range(config.num_hidden_layers)
+            ]
+        )
+        self.norm = RMSNorm(
+            config.hidden_size, eps=config.rms_norm_eps, dtype=dtype, param_dtype=param_dtype
+        )
+        # The distinct attention windows (None: full attention), one mask each per call.
+        self.windows = tuple(dict.fromkeys(config.layer_window(i) for i in range(len(self.layers))))
+        self.dtype = dtype
+        self.remat = remat
+
+    def __call__(
+        self, input_ids_bt: Array, mask_bt: Array | None, cache: KVCache | None
+    ) -> tuple[Array, KVCache | None]:
+        b, t = input_ids_bt.shape
+        mask_bt = jnp.ones((b, t), bool) if mask_bt is None else mask_bt.astype(bool)
+        counts_bt = jnp.cumsum(mask_bt.astype(jnp.int32), axis=1)
+        if cache is None:
+            positions_bt = jnp.maximum(counts_bt - 1, 0)
+            valid_bs, q_slot_t, k_slot_s = mask_bt, jnp.arange(t), jnp.arange(t)
+        else:
+            start_b1 = cache.positions[:, None]
+            positions_bt = jnp.maximum(start_b1 + counts_bt - 1, start_b1)
+            valid_bs = jax.lax.dynamic_update_slice(cache.mask, mask_bt, (0, cache.index))
+            q_slot_t, k_slot_s = cache.index + jnp.arange(t), jnp.arange(cache.max_length)
+        masks = _attention_masks(valid_bs, q_slot_t, k_slot_s, self.windows)
+
+        x_btd = jnp.take(self.embed_tokens[...], input_ids_bt, axis=0).astype(self.dtype)
+        new_keys, new_values = [], []
+        if self.remat is not False and cache is None:
+            remat_block = nnx.remat(
+                lambda block, x, p, m: block(x, p, m, None)[0], policy=_remat_policy(self.remat)
+            )
+            for block in self.layers:
+                x_btd = remat_block(block, x_btd, positions_bt, masks)
+        else:
+            for i, block in enumerate(self.layers):
+                kv = None if cache is None else (cache.keys[i], cache.values[i], cache.index)
+                x_btd, new_kv = block(x_btd, positions_bt, masks, kv)
+                if new_kv is not None:
+                    new_keys.append(new_kv[0])
+                    new_values.append(new_kv[1])
+        x_btd = self.norm(x_btd)
+        if cache is None:
+            return x_btd, None
+        new_cache = KVCache(
+            keys=tuple(new_keys),
+            values=tuple(new_values),
+            mask=valid_bs,
+            index=cache.index + t,
+            positions=cache.positions + mask_bt.sum(axis=1, dtype=jnp.int32),
+        )
+        return x_btd, new_cache
+
+    def init_cache(
+        self, config: DecoderConfig, batch_size: int, max_length: int, mesh: Mesh | None
+    ) -> KVCache:
+        shape = (batch_size, max_length, config.num_key_value_heads, config.head_dim)
+        zeros = lambda: jnp.zeros(shape, self.dtype)  # noqa: E731
+        n = config.num_hidden_layers
+        cache = KVCache(
+            keys=tuple(zeros() for _ in range(n)),
+            values=tuple(zeros() for _ in range(n)),
+            mask=jnp.zeros((batch_size, max_length), bool),
+            index=jnp.zeros((), jnp.int32),
+            positions=jnp.zeros((batch_size,), jnp.int32),
+        )
+        if mesh is None:
+            return cache
+        from safedpo_jax.sharding import named_sharding
+
+        names = KVCache(
+            keys=(("batch", "length", "kv_heads", "head_dim"),) * n,
+            values=(("batch", "length", "kv_heads", "head_dim"),) * n,
+            mask=("batch", "length"),
+            index=(),
+            positions=("batch",),
+        )
+        return jax.tree.map(
+            lambda x, axes: jax.device_put(x, named_sharding(mesh, axes, x.shape)),
+            cache,
+            names,
+        )
+
+
+# --------------------------------------------------------------------------- models
+class _Base(nnx.Module):
+    """What `CausalLM` and `ScoreModel` share: the config, options and the decoder.
+
+    Options: ``dtype`` the compute dtype, ``param_dtype`` the storage dtype of parameters,
+    ``remat`` False, True (each block rematerialised, nothing saved) or the name of a
+    `jax.checkpoint_policies` member (e.g. ``"dots_with_no_batch_dims_saveable"``); it
+    applies to forward passes without a cache (training), never to cached decoding,
+    ``attention_impl`` None (XLA), ``"xla"`` or ``"cudnn"`` (passed to
+    `jax.nn.dot_product_attention`), ``precision`` the matmul precision of the forward pass.
+    """
+
+    def __init__(
+        self,
+        config: DecoderConfig,
+        *,
+        rngs: nnx.Rngs,
+        dtype: DType = jnp.float32,
+        param_dtype: DType = jnp.float32,
+        remat: bool | str = False,
+        attention_impl: str | None = None,
+        precision: str | None = "highest",
+    ):
+        if attention_impl not in (None, "xla", "cudnn"):
+            raise ValueError(
+                f"attention_impl must be None, 'xla' or 'cudnn', got {attention_impl!r}"
+            )
+        _remat_policy(remat)
+        self.config = config
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.precision = precision
+        self.model = Decoder(
+            config,
+            rngs=rngs,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            attention_impl=attention_impl,
+            remat=remat,
+        )
+
+
+class CausalLM(_Base):
+    """A decoder with a language-model head (``*ForCausalLM``); options as in `_Base`.
+
+    ``model(input_ids, attention_mask)`` maps int ``[B, T]`` ids and a ``[B, T]`` mask
+    (1 = real token) to ``[B, T, V]`` logits in the compute dtype; ``return_hidden=True``
+    gives the ``[B, T, D]`` hidden states after the final norm instead (so that a loss can
+    chunk the vocabulary projection with `lm_head_weight`). With ``cache=`` it appends the
+    tokens to the cache and returns ``(logits_or_hidden, cache)``.
+    """
+
+    def __init__(self, config: DecoderConfig, *, rngs: nnx.Rngs, **options: Any):
+        super().__init__(config, rngs=rngs, **options)
+        std, shape = config.initializer_range, (config.hidden_size, config.vocab_size)
+        self.lm_head = (
+            None
+            if config.tie_word_embeddings
+            else _param(_normal(rngs, shape, std, self.param_dtype), ("embed", "vocab"))
+        )
+
+    def lm_head_weight(self) -> Array:
+        """The ``[D, V]`` unembedding in the compute dtype (the embedding's transpose when tied)."""
+        w = self.model.embed_tokens[...].T if self.lm_head is None else self.lm_head[...]
+        return w.astype(self.dtype)
+
+    def init_cache(self, batch_size: int, max_length: int, *, mesh: Mesh | None = None) -> KVCache:
+        """An empty `KVCache` for ``batch_size`` rows of up to ``max_length`` tokens.
+
+        With ``mesh``, rows are split over the batch axes and key/value heads over ``tensor``.
+        """
+        return self.model.init_cache(self.config, batch_size, max_length, mesh)
+
+    def __call__(
+        self,
+        input_ids: Array,
+        attention_mask: Array | None = None,
+        *,
+        cache: KVCache | None = None,
+        return_hidden: bool = False,
+    ) -> Array | tuple[Array, KVCache]:
+        with _precision(self.precision):
+            hidden_btd, new_cache = self.model(input_ids, attention_mask, cache)
+            if return_hidden:
+                out = hidden_btd
+            else:
+                out = jnp.einsum("btd,dv->btv", hidden_btd, self.lm_head_weight())
+        return out if cache is None else (out, new_cache)
+
+
+def normalizer_defaults(config: DecoderConfig) -> dict[str, np.ndarray]:
+    """safe-rlhf normalizer statistics from config.json (``mean``, ``var``), else 0 and 1."""
+    extra, c = dict(config.extra), config.score_dim
+    mean = json.loads(extra.get("mean", "null"))
+    var = json.loads(extra.get("var", "null"))
+    mean = np.zeros(c) if mean is None else mean
+    var = np.ones(c) if var is None else var
+    return {
+        "normalizer_mean": np.reshape(mean, (c,)).astype(np.float32),
+        "normalizer_var": np.reshape(var, (c,)).astype(np.float32),
+        "normalizer_count": np.zeros((1,), np.int32),
+    }
+
+
+class ScoreModel(_Base):
+    """A decoder with a score head (HF ``*ForSequenceClassification`` or safe-rlhf ``*ForScore``).
+
+    ``score_model(input_ids, attention_mask)`` returns the head's float32 output at each
+    row's last real token (the last position where the mask is 1, so right and left padding
+    both work): ``[B]`` when the head has one output, else ``[B, C]``.
+
+    Semantics follow the two formats:
+
+    - Hugging Face classifiers pool at the rightmost token that is not ``pad_token_id``;
+      with a mask built as ``ids != pad`` this is the same position. The head has no bias.
+    - safe-rlhf's ``ScoreModelMixin`` (``LlamaForScore``): ``end_scores`` is the head
+      (with a bias when config ``bias`` is set) at the last index where the attention mask
+      is set, cast to float32. When config ``do_normalize`` is true the score is normalised
+      with the checkpoint's ``normalizer.mean`` / ``normalizer.var`` per ``score_type``:
+      reward ``(x - mean) / (std + 1e-8)``, cost ``x / (std + 1e-8)``, critic unchanged.
+      The beaver evaluators ship with ``do_normalize`` false: their scores are raw.
+    """
+
+    def __init__(self, config: DecoderConfig, *, rngs: nnx.Rngs, **options: Any):
+        super().__init__(config, rngs=rngs, **options)
+        c, std, dtype = config.score_dim, config.initializer_range, self.param_dtype
+        self.score_head = _param(
+            _normal(rngs, (config.hidden_size, c), std, dtype), ("embed", "score")
+        )
+        safe_rlhf = config.kind == "score"
+        self.score_bias = (
+            _param(jnp.zeros((c,), dtype), ("score",)) if safe_rlhf and config.score_bias else None
+        )
+        # safe-rlhf's normalizer statistics: buffers (not trained), only in that format.
+        stats = normalizer_defaults(config)
+        buffer = lambda name, names: (  # noqa: E731
+            Buffer(jnp.asarray(stats[name]), out_sharding=names, eager_sharding=False)
+            if safe_rlhf
+            else None
+        )
+        self.normalizer_mean = buffer("normalizer_mean", ("score",))
+        self.normalizer_var = buffer("normalizer_var", ("score",))
+        self.normalizer_count = buffer("normalizer_count", (None,))
+
+    def __call__(self, input_ids: Array, attention_mask: Array | None = None) -> Array:
+        b, t = input_ids.shape
+        mask_bt = jnp.ones((b, t), bool) if attention_mask is None else attention_mask.astype(bool)
+        with _precision(self.precision):
+            hidden_btd, _ = self.model(input_ids, mask_bt, None)
+            end_b = jnp.argmax(jnp.where(mask_bt, jnp.arange(t), -1), axis=1)
+            end_bd = jnp.take_along_axis(hidden_btd, end_b[:, None, None], axis=1)[:, 0]
+            score_bc = jnp.einsum(
+                "bd,dc->bc",
+                end_bd,
+                self.score_head[...].astype(self.dtype),
+                preferred_element_type=jnp.float32,
+            )
+        if self.score_bias is not None:
+            score_bc = score_bc + self.score_bias[...].astype(self.dtype).astype(jnp.float32)
+        if self.config.do_normalize:
+            mean_c = self.normalizer_mean[...].astype(jnp.float32)
+            std_c = jnp.sqrt(self.normalizer_var[...].astype(jnp.float32))
+            fn = self.config.normalize_function
+            if fn == "affine":
+                score_bc = (score_bc - mean_c) / (std_c + 1e-8)
+            elif fn == "scale":
+                score_bc = score_bc / (std_c + 1e-8)
+        return score_bc[:, 0] if self.config.score_dim == 1 else score_bc
+
+
+def model_class(config: DecoderConfig) -> type[CausalLM] | type[ScoreModel]:
+    """`CausalLM` for ``*ForCausalLM`` configs, `ScoreModel` for score heads."""
+    return CausalLM if config.kind == "causal_lm" else ScoreModel
+
+
+def init_model(
+    config: DecoderConfig,
+    *,
+    rngs: nnx.Rngs,
+    dtype: DType = jnp.float32,
+    param_dtype: DType = jnp.float32,
+    mesh: Mesh | None = None,
+    remat: bool | str = False,
+    attention_impl: str | None = None,
+    precision: str | None = "highest",
+) -> CausalLM | ScoreModel:
+    """A randomly initialised model for ``config`` (`CausalLM` or `ScoreModel` by ``config.kind``).
+
+    Weights are normal with standard deviation ``config.initializer_range``, norms ones,
+    biases zeros. With ``mesh``, every parameter is created directly in its sharded place
+    (one jitted initialiser whose output shardings come from the logical-axis rules), so
+    the full model never sits on one device; the values equal the unsharded ones.
+
+    The compiled initialiser is cached per (class, config, options, mesh).
+    """
+    options = dict(
+        dtype=dtype,
+        param_dtype=param_dtype,
+        remat=remat,
+        attention_impl=attention_impl,
+        precision=precision,
+    )
+    graphdef, create = _initializer(model_class(config), config, tuple(options.items()), mesh)
+    return nnx.merge(graphdef, create(rngs.params()))
+
+
+@functools.lru_cache(maxsize=8)
+def _initializer(cls: type[_Base], config: DecoderConfig, options: tuple, mesh: Mesh | None):
+    """``(graphdef, jitted key -> state)`` with output shardings from the logical-axis rules."""
+    build = lambda key: cls(config, rngs=nnx.Rngs(key), **dict(options))  # noqa: E731
+    graphdef, abstract_state = nnx.split(nnx.eval_shape(lambda: build(0)))
+    shardings = None
+    if mesh is not None:
+        from safedpo_jax.sharding import state_shardings
+
+        shardings = state_shardings(abstract_state, mesh)
+    return graphdef, jax.jit(lambda key: nnx.state(build(key)), out_shardings=shardings)

@@ -1,0 +1,430 @@
+"""Hugging Face weight I/O through one declarative key table.
+
+`KEY_TABLE` maps each Hugging Face safetensors key pattern (``{i}`` a layer, ``{head}``
+the score head's name: ``score`` for ``*ForSequenceClassification``, ``score_head`` for
+safe-rlhf ``*ForScore``) to our module path and a layout transform. Which rows apply
+is decided by the model itself: a key is expected exactly when the model built from the
+config has the parameter (q/k/v biases for Qwen2, q/k norms for Qwen3, no ``lm_head`` when
+embeddings are tied, ...). Loading fails, naming the key, when a key is missing, unused, or
+has the wrong shape. Two documented exceptions: ``*.rotary_emb.inv_freq`` buffers (saved by
+transformers < 4.31) are recomputed from the config and skipped, and a ``lm_head.weight``
+next to ``tie_word_embeddings=true`` is accepted only if it equals the embedding.
+
+Transforms (Hugging Face ``nn.Linear`` stores ``[out, in]``; we store ``[in, ...out]`` with
+heads split, so einsums read ``x_btd, w_dnh -> q_btnh``):
+
+``copy``      same array (embeddings, norms, biases of the model width)
+``heads``     ``[N*H]`` -> ``[N, H]`` (q/k/v biases)
+``linear``    ``[out..., in]`` -> transpose -> ``[in, *out]`` (q/k/v, MLP, heads)
+``linear_o``  ``[out, in...]`` -> transpose -> ``[*in, out]`` (o_proj ``[D, N*H]`` -> ``[N,H,D]``)
+``count``     like ``copy``; int64 in the file, int32 in memory (safe-rlhf's normalizer count)
+
+With a mesh, the abstract model (`flax.nnx.eval_shape`) gives each parameter's
+`jax.sharding.NamedSharding` (`safedpo_jax.sharding.state_shardings`); tensors are read one
+at a time from the safetensors files and each device receives only its slice
+(`jax.make_array_from_callback`), so the model is never assembled on one device, nor held
+whole on the host. bf16 checkpoints load through numpy's ``ml_dtypes.bfloat16``.
+
+>>> sorted({row[2] for row in KEY_TABLE})
+['copy', 'count', 'heads', 'linear', 'linear_o']
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from safedpo_jax.models.config import FAMILY_CLASS_PREFIX, DecoderConfig
+from safedpo_jax.models.decoder import CausalLM, ScoreModel, model_class, normalizer_defaults
+
+_L = "model.layers.{i}"
+# Hugging Face key pattern -> (our module path, transform). The one table.
+KEY_TABLE: tuple[tuple[str, str, str], ...] = (
+    ("model.embed_tokens.weight", "model.embed_tokens", "copy"),
+    (f"{_L}.input_layernorm.weight", f"{_L}.input_layernorm.scale", "copy"),
+    (f"{_L}.self_attn.q_proj.weight", f"{_L}.self_attn.q_proj", "linear"),
+    (f"{_L}.self_attn.k_proj.weight", f"{_L}.self_attn.k_proj", "linear"),
+    (f"{_L}.self_attn.v_proj.weight", f"{_L}.self_attn.v_proj", "linear"),
+    (f"{_L}.self_attn.q_proj.bias", f"{_L}.self_attn.q_bias", "heads"),
+    (f"{_L}.self_attn.k_proj.bias", f"{_L}.self_attn.k_bias", "heads"),
+    (f"{_L}.self_attn.v_proj.bias", f"{_L}.self_attn.v_bias", "heads"),
+    (f"{_L}.self_attn.q_norm.weight", f"{_L}.self_attn.q_norm.scale", "copy"),
+    (f"{_L}.self_attn.k_norm.weight", f"{_L}.self_attn.k_norm.scale", "copy"),
+    (f"{_L}.self_attn.o_proj.weight", f"{_L}.self_attn.o_proj", "linear_o"),
+    (f"{_L}.self_attn.o_proj.bias", f"{_L}.self_attn.o_bias", "copy"),
+    (f"{_L}.post_attention_layernorm.weight", f"{_L}.post_attention_layernorm.scale", "copy"),
+    (f"{_L}.mlp.gate_proj.weight", f"{_L}.mlp.gate_proj", "linear"),
+    (f"{_L}.mlp.up_proj.weight", f"{_L}.mlp.up_proj", "linear"),
+    (f"{_L}.mlp.down_proj.weight", f"{_L}.mlp.down_proj", "linear"),
+    ("model.norm.weight", "model.norm.scale", "copy"),
+    ("lm_head.weight", "lm_head", "linear"),
+    ("{head}.weight", "score_head", "linear"),
+    ("{head}.bias", "score_bias", "copy"),
+    ("normalizer.mean", "normalizer_mean", "copy"),
+    ("normalizer.var", "normalizer_var", "copy"),
+    ("normalizer.count", "normalizer_count", "count"),
+)
+# Keys that may be absent: safe-rlhf normalizer statistics (then taken from config.json's
+# ``mean`` / ``var``, else 0 / 1).
+OPTIONAL_KEYS = frozenset({"normalizer.mean", "normalizer.var", "normalizer.count"})
+# Keys skipped on load: rotary inverse frequencies are recomputed from the config.
+IGNORED_KEY = re.compile(r".*\.rotary_emb\.inv_freq$")
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+HUB_PATTERNS = ["config.json", "*.safetensors", INDEX_FILE]
+
+
+class _Rule(NamedTuple):
+    hf_key: str
+    transform: str
+
+
+# ------------------------------------------------------------------ layout transforms
+def _hf_shape(transform: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The Hugging Face shape of a tensor that has ``shape`` in our layout."""
+    if transform in ("copy", "count"):
+        return shape
+    if transform == "heads":
+        return (math.prod(shape),)
+    if transform == "linear":
+        return (math.prod(shape[1:]), shape[0])
+    if transform == "linear_o":
+        return (shape[-1], math.prod(shape[:-1]))
+    raise ValueError(f"unknown transform {transform!r}")
+
+
+def _to_ours(transform: str, hf: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    if transform in ("linear", "linear_o"):
+        hf = hf.T
+    return hf.reshape(shape)
+
+
+def _to_hf(transform: str, ours: np.ndarray) -> np.ndarray:
+    hf_shape = _hf_shape(transform, ours.shape)
+    if transform in ("linear", "linear_o"):
+        out = ours.reshape(hf_shape[::-1]).T
+    else:
+        out = ours.reshape(hf_shape)
+    if transform == "count":
+        out = out.astype(np.int64)
+    return np.ascontiguousarray(out)
+
+
+# ------------------------------------------------------------------ the key plan
+def _path_regex(pattern: str) -> re.Pattern[str]:
+    return re.compile(re.escape(pattern).replace(re.escape("{i}"), r"(?P<i>\d+)") + "$")
+
+
+_RULES = tuple((_path_regex(ours), hf, transform) for hf, ours, transform in KEY_TABLE)
+
+
+def head_key_name(config: DecoderConfig) -> str:
+    """The score head's Hugging Face name: ``score`` (classifiers) or ``score_head`` (safe-rlhf)."""
+    return "score_head" if config.kind == "score" else "score"
+
+
+def key_plan(state: nnx.State, config: DecoderConfig) -> dict[str, tuple[_Rule, nnx.Variable]]:
+    """For every variable of a model's (abstract) state: its Hugging Face key and transform.
+
+    Returns ``{our dotted path: (rule, variable)}`` in state order.
+    """
+    plan: dict[str, tuple[_Rule, nnx.Variable]] = {}
+    head = head_key_name(config)
+    for path, variable in nnx.to_flat_state(state):
+        dotted = ".".join(str(p) for p in path)
+        for regex, hf, transform in _RULES:
+            match = regex.match(dotted)
+            if match:
+                key = hf.format(i=match.groupdict().get("i"), head=head)
+                plan[dotted] = (_Rule(key, transform), variable)
+                break
+        else:
+            raise KeyError(f"model variable {dotted!r} has no row in KEY_TABLE")
+    return plan
+
+
+# ------------------------------------------------------------------ reading checkpoints
+def resolve(path_or_hub_id: str | os.PathLike, *, revision: str | None = None) -> Path:
+    """A local directory holding the checkpoint: the path itself, or a Hub snapshot.
+
+    A string that is not an existing directory and looks like ``org/name`` is downloaded
+    with `huggingface_hub.snapshot_download` (config.json, safetensors and their index
+    only); anything else that does not exist is a `FileNotFoundError`.
+    """
+    path = Path(path_or_hub_id).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise NotADirectoryError(f"{path} is a file; expected a checkpoint directory")
+    text = str(path_or_hub_id)
+    if text.startswith((".", "/", "~")) or not re.fullmatch(r"[\w.-]+/[\w.-]+", text):
+        raise FileNotFoundError(
+            f"checkpoint directory {text!r} does not exist (and is not a Hub id 'org/name')"
+        )
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(text, revision=revision, allow_patterns=HUB_PATTERNS))
+
+
+class _Checkpoint:
+    """The safetensors files of a checkpoint directory, opened lazily, read key by key."""
+
+    def __init__(self, directory: Path, stack: contextlib.ExitStack):
+        index, single = directory / INDEX_FILE, directory / SINGLE_FILE
+        if index.exists():
+            weight_map: Mapping[str, str] = json.loads(index.read_text())["weight_map"]
+            files = sorted(set(weight_map.values()))
+        elif single.exists():
+            files = [SINGLE_FILE]
+        else:
+            raise FileNotFoundError(
+                f"{directory} has neither {SINGLE_FILE} nor {INDEX_FILE} "
+                "(only safetensors checkpoints are supported)"
+            )
+        self.handles: dict[str, Any] = {}
+        for name in files:
+            handle = stack.enter_context(safe_open(directory / name, framework="numpy"))
+            for key in handle.keys():  # noqa: SIM118 (not a dict)
+                if key in self.handles:
+                    raise ValueError(f"key {key!r} appears in more than one safetensors file")
+                self.handles[key] = handle
+
+    def names(self) -> set[str]:
+        return set(self.handles)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self.handles[key].get_slice(key).get_shape())
+
+    def get(self, key: str) -> np.ndarray:
+        return self.handles[key].get_tensor(key)
+
+
+def _check_keys(
+    ckpt: _Checkpoint, plan: Mapping[str, tuple[_Rule, nnx.Variable]], config: DecoderConfig
+) -> None:
+    expected = {rule.hf_key for rule, _ in plan.values()}
+    present = {k for k in ckpt.names() if not IGNORED_KEY.match(k)}
+    if config.tie_word_embeddings and "lm_head.weight" in present:
+        present.discard("lm_head.weight")
+        embed, head = ckpt.get("model.embed_tokens.weight"), ckpt.get("lm_head.weight")
+        if embed.shape != head.shape or not np.array_equal(embed, head):
+            raise ValueError(
+                "lm_head.weight differs from model.embed_tokens.weight, but config.json says "
+                "tie_word_embeddings=true"
+            )
+    missing = sorted(expected - present - OPTIONAL_KEYS)
+    unexpected = sorted(present - expected)
+    if missing:
+        raise KeyError(f"checkpoint is missing {len(missing)} key(s): {', '.join(missing[:8])}")
+    if unexpected:
+        raise KeyError(
+            f"checkpoint has {len(unexpected)} unexpected key(s) for a {config.kind} "
+            f"{config.model_type} model: {', '.join(unexpected[:8])}"
+        )
+    for rule, variable in plan.values():
+        if rule.hf_key not in present:
+            continue
+        want = _hf_shape(rule.transform, tuple(variable.get_value().shape))
+        found = ckpt.shape(rule.hf_key)
+        if want != found:
+            raise ValueError(
+                f"key {rule.hf_key!r}: expected shape {want} (Hugging Face layout), found {found}"
+            )
+
+
+def _with_kind(config: DecoderConfig, kind: str | None, keys: set[str]) -> DecoderConfig:
+    """Applies an explicit ``kind`` (for a config.json without a usable ``architectures``)."""
+    if kind is None or kind == ("causal_lm" if config.kind == "causal_lm" else "score"):
+        return config
+    prefix = FAMILY_CLASS_PREFIX[config.model_type]
+    if kind == "causal_lm":
+        raise ValueError(f"kind='causal_lm' but the checkpoint is a {config.kind} model")
+    if kind != "score":
+        raise ValueError(f"kind must be None, 'causal_lm' or 'score', got {kind!r}")
+    if "score_head.weight" in keys:
+        return config.replace(architectures=(f"{prefix}ForScore",))
+    if "score.weight" in keys:
+        return config.replace(architectures=(f"{prefix}ForSequenceClassification",))
+    raise KeyError("kind='score' but the checkpoint has neither score.weight nor score_head.weight")
+
+
+def from_pretrained(
+    path_or_hub_id: str | os.PathLike,
+    *,
+    dtype: Any = jnp.float32,
+    param_dtype: Any = jnp.float32,
+    mesh: Mesh | None = None,
+    remat: bool | str = False,
+    attention_impl: str | None = None,
+    precision: str | None = "highest",
+    kind: Literal["causal_lm", "score"] | None = None,
+    revision: str | None = None,
+) -> CausalLM | ScoreModel:
+    """Loads a Hugging Face checkpoint (local directory or Hub id) into a `CausalLM` / `ScoreModel`.
+
+    The model class follows ``config.json``'s ``architectures`` (see
+    `safedpo_jax.models.config`); ``kind`` overrides it for configs without one. Weights are
+    cast to ``param_dtype``; the forward pass computes in ``dtype``. With ``mesh``, each
+    parameter lands directly in the sharding the logical-axis rules give it; without, on
+    the default device. ``remat``, ``attention_impl`` and ``precision`` are as in
+    `safedpo_jax.models.CausalLM`.
+    """
+    directory = resolve(path_or_hub_id, revision=revision)
+    config_file = directory / "config.json"
+    if not config_file.exists():
+        raise FileNotFoundError(f"{directory} has no config.json")
+    config = DecoderConfig.from_hf(json.loads(config_file.read_text()))
+    with contextlib.ExitStack() as stack:
+        ckpt = _Checkpoint(directory, stack)
+        config = _with_kind(config, kind, ckpt.names())
+        cls = model_class(config)
+        abstract = nnx.eval_shape(
+            lambda: cls(
+                config,
+                rngs=nnx.Rngs(0),
+                dtype=dtype,
+                param_dtype=param_dtype,
+                remat=remat,
+                attention_impl=attention_impl,
+                precision=precision,
+            )
+        )
+        graphdef, abstract_state = nnx.split(abstract)
+        plan = key_plan(abstract_state, config)
+        _check_keys(ckpt, plan, config)
+        shardings = None
+        if mesh is not None:
+            from safedpo_jax.sharding import state_shardings
+
+            shardings = dict(nnx.to_flat_state(state_shardings(abstract_state, mesh)))
+        loaded = []
+        for path, variable in nnx.to_flat_state(abstract_state):
+            rule, _ = plan[".".join(str(p) for p in path)]
+            aval = variable.get_value()
+            if rule.hf_key in ckpt.handles:
+                host = _to_ours(rule.transform, ckpt.get(rule.hf_key), tuple(aval.shape))
+            else:  # an optional key (normalizer statistics): the config's values
+                host = normalizer_defaults(config)[path[-1]]
+            host = host.astype(np.dtype(aval.dtype), copy=False)
+            value = _place(host, None if shardings is None else shardings[path].get_value())
+            loaded.append((path, variable.replace(value)))
+    return nnx.merge(graphdef, nnx.from_flat_state(loaded))
+
+
+def _place(host: np.ndarray, sharding: jax.sharding.Sharding | None) -> jax.Array:
+    if sharding is None:
+        return jax.device_put(host)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+# ------------------------------------------------------------------ writing checkpoints
+def _parse_size(size: int | str) -> int:
+    """Bytes in ``size``: an int, or a string like ``"5GB"``, ``"500MB"``, ``"10KiB"``.
+
+    >>> _parse_size("5GB"), _parse_size("10KiB"), _parse_size(123)
+    (5000000000, 10240, 123)
+    """
+    if isinstance(size, int):
+        return size
+    match = re.fullmatch(
+        r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?)B\s*", size.upper().replace("IB", "iB")
+    )
+    if not match:
+        raise ValueError(f"cannot parse size {size!r}; use bytes or e.g. '5GB', '200MB'")
+    number, unit, binary = match.groups()
+    base = 1024 if binary else 1000
+    return int(float(number) * base ** " KMGT".index(unit or " "))
+
+
+def _gather(value: jax.Array) -> np.ndarray:
+    """The full array on the host (all processes join; on one host a plain device_get)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(value, tiled=True))
+    return np.asarray(jax.device_get(value))
+
+
+def _shard_plan(sizes: list[tuple[str, int]], limit: int) -> list[list[str]]:
+    shards: list[list[str]] = [[]]
+    total = 0
+    for key, size in sizes:
+        if shards[-1] and total + size > limit:
+            shards.append([])
+            total = 0
+        shards[-1].append(key)
+        total += size
+    return shards
+
+
+def save_pretrained(
+    model: CausalLM | ScoreModel,
+    path: str | os.PathLike,
+    *,
+    max_shard_size: int | str = "5GB",
+) -> None:
+    """Writes ``config.json`` and safetensors in Hugging Face key names and layouts.
+
+    ``transformers.AutoModelForCausalLM.from_pretrained(path)`` loads a `CausalLM`
+    (``AutoModelForSequenceClassification`` a Hugging Face classifier); safe-rlhf score
+    models round-trip through `from_pretrained`. Above ``max_shard_size`` bytes the weights
+    are split into ``model-0000k-of-0000n.safetensors`` with ``model.safetensors.index.json``;
+    the host holds at most one shard at a time. Multi-host: every process must call this
+    (each tensor is gathered with `jax.experimental.multihost_utils.process_allgather`),
+    and only process 0 writes.
+    """
+    config = model.config
+    plan = key_plan(nnx.state(model), config)
+    limit = _parse_size(max_shard_size)
+    by_key = {rule.hf_key: (rule, variable) for rule, variable in plan.values()}
+    sizes = [(k, v.get_value().size * v.get_value().dtype.itemsize) for k, (_, v) in by_key.items()]
+    shards = _shard_plan(sizes, limit)
+    out_dir = Path(path)
+    writer = jax.process_index() == 0
+    if writer:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    names = (
+        [SINGLE_FILE]
+        if len(shards) == 1
+        else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    )
+    weight_map: dict[str, str] = {}
+    for name, keys in zip(names, shards, strict=True):
+        tensors = {}
+        for key in keys:
+            rule, variable = by_key[key]
+            tensors[key] = _to_hf(rule.transform, _gather(variable.get_value()))
+            weight_map[key] = name
+        if writer:
+            save_file(tensors, out_dir / name, metadata={"format": "pt"})
+        del tensors
+    if not writer:
+        return
+    if len(shards) > 1:
+        index = {"metadata": {"total_size": sum(s for _, s in sizes)}, "weight_map": weight_map}
+        (out_dir / INDEX_FILE).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    params = [v.get_value() for _, v in nnx.to_flat_state(nnx.state(model, nnx.Param))]
+    saved_dtype = str(np.dtype(params[0].dtype)) if params else config.torch_dtype
+    hf = config.replace(torch_dtype=saved_dtype).to_hf()
+    (out_dir / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n")
+
+
+def iter_hf_tensors(model: CausalLM | ScoreModel) -> Iterator[tuple[str, np.ndarray]]:
+    """``(Hugging Face key, host array)`` for every weight of ``model``, one at a time."""
+    for rule, variable in key_plan(nnx.state(model), model.config).values():
+        yield rule.hf_key, _to_hf(rule.transform, _gather(variable.get_value()))

@@ -1,0 +1,1 @@
+"""Training: configs and presets, the sharded jitted step, the loop, checkpoints, the command."""

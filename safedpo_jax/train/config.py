@@ -1,0 +1,373 @@
+"""Training configuration: one frozen dataclass, named presets, command-line overrides.
+
+`TrainConfig` holds every knob of a run. A preset is a named set of field values
+(`PRESETS`); the command line picks one with ``--preset NAME`` and overrides any field
+with ``--field-name VALUE`` (underscores become dashes: ``--max-steps 100``). The default
+preset, ``paper``, is the setup of the SafeDPO paper (safe-rlhf's DPO defaults; see
+``shared/docs/safedpo.md`` §6).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+PAIR_MODES = ("safedpo", "helpful", "harmless", "safebetter")
+LOSSES = ("sigmoid", "ipo", "hinge")
+REFERENCE_MODES = ("in_step", "cached")
+OBJECTIVES = ("preference", "sft")
+SFT_RESPONSES = ("both", "better", "safer", "safe")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything a SafeDPO (or DPO baseline) run needs.
+
+    Model
+      model: policy initialisation, a local Hugging Face directory or a Hub id. ``None``
+        builds a randomly initialised model from ``model_config``.
+      ref_model: the frozen reference; defaults to ``model`` (or, for a random model, a
+        copy of the policy's initial weights).
+      model_config: a Hugging Face ``config.json`` as a dict (or a path to one), used when
+        ``model`` is None; ``vocab_size`` and special-token ids default to the tokenizer's.
+      dtype / param_dtype: compute and master-weight dtypes ("bfloat16" over "float32" is
+        the mixed-precision setup).
+      remat: rematerialise each decoder block in the backward pass.
+      attention_impl: None (XLA) or "cudnn" (flash attention on NVIDIA GPUs).
+
+    Data
+      dataset: a Hub name, a local file or directory, or "sample" (the embedded synthetic
+        PKU-SafeRLHF-style sample).
+      dataset_config: the Hub configuration (for the full PKU-SafeRLHF).
+      split / eval_split: training and held-out splits (``eval_split=None``: no eval).
+      pairs: one of `PAIR_MODES`: "safedpo" (helpfulness order + safety labels; the kernel
+        applies T), "helpful", "harmless", "safebetter" (the paper's DPO baselines).
+      tokenizer: defaults to ``model``, or the sample's tokenizer for ``dataset="sample"``.
+      max_length: prompt + response tokens; longer pairs keep the start.
+      template: "safe_rlhf" or "chat" (the tokenizer's chat template).
+      safety_label: "is_safe" (the ``is_response_*_safe`` columns) or "severity".
+      keep_both_unsafe: keep pairs of two unsafe responses in the batches (the kernel
+        gives them zero weight); dropped before batching by default.
+
+    Objective
+      objective: "preference" (SafeDPO or a DPO baseline, by ``pairs``) or "sft"
+        (supervised fine-tuning on prompt + response, to make a reference model).
+      sft_responses: which responses SFT imitates: "both" (every response of every row),
+        "better", "safer" or "safe".
+      loss: one of `LOSSES`, the direct-alignment link (SafeDAA for ``pairs="safedpo"``).
+      beta, delta, label_smoothing: the loss hyperparameters (delta only for "safedpo").
+      reference: "in_step" (frozen reference run in every step under stop_gradient) or
+        "cached" (one pass over the data before training, cached on disk).
+      ref_cache_dir: where cached reference log-probs live (default
+        ``~/.cache/safedpo_jax/reference``).
+      logprob_chunk_size: positions per chunk of the memory-efficient log-prob path; 0
+        materialises the full [2B, T, V] logits.
+
+    Optimisation
+      batch_size: pairs per optimizer step, over all devices and hosts.
+      micro_batches: gradient-accumulation microbatches per step (divides batch_size).
+      learning_rate, warmup_ratio, weight_decay, adam_b1, adam_b2, adam_eps: AdamW with
+        linear warmup and cosine decay to 0.
+      max_grad_norm: global-norm clipping (0 disables).
+      epochs / max_steps: the run length (max_steps wins when set).
+      seed: shuffling and initialisation.
+
+    Mesh and hosts
+      mesh_data, mesh_fsdp, mesh_tensor: mesh axis sizes; one may be -1 (the rest).
+      coordinator_address, num_processes, process_id: `jax.distributed.initialize`
+        arguments for multi-host runs (on Cloud TPU they are discovered automatically
+        when ``distributed`` is True).
+
+    Output
+      output_dir: metrics.jsonl, TensorBoard events, checkpoints/, hf/ (the exported policy).
+      save_every / keep_checkpoints: checkpoint cadence and how many to keep.
+      log_every / eval_every: steps between metric lines / held-out evaluations (0: eval
+        only at the end).
+      eval_batches: cap on held-out batches per evaluation (None: the whole split).
+      export: write the final policy in Hugging Face format to ``output_dir/hf``.
+    """
+
+    # model
+    model: str | None = None
+    ref_model: str | None = None
+    model_config: dict[str, Any] | str | None = None
+    dtype: str = "bfloat16"
+    param_dtype: str = "float32"
+    remat: bool = False
+    attention_impl: str | None = None
+    # data
+    dataset: str = "PKU-Alignment/PKU-SafeRLHF-30K"
+    dataset_config: str | None = None
+    split: str = "train"
+    eval_split: str | None = "test"
+    pairs: str = "safedpo"
+    tokenizer: str | None = None
+    max_length: int = 512
+    template: str = "safe_rlhf"
+    safety_label: str = "is_safe"
+    keep_both_unsafe: bool = False
+    # objective
+    objective: str = "preference"
+    sft_responses: str = "both"
+    loss: str = "sigmoid"
+    beta: float = 0.1
+    delta: float = 10.0
+    label_smoothing: float = 0.0
+    reference: str = "in_step"
+    ref_cache_dir: str | None = None
+    logprob_chunk_size: int = 512
+    # optimisation
+    batch_size: int = 128
+    micro_batches: int = 1
+    learning_rate: float = 1e-6
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.05
+    adam_b1: float = 0.9
+    adam_b2: float = 0.95
+    adam_eps: float = 1e-8
+    max_grad_norm: float = 1.0
+    epochs: int = 2
+    max_steps: int | None = None
+    seed: int = 42
+    # mesh and hosts
+    mesh_data: int = 1
+    mesh_fsdp: int = -1
+    mesh_tensor: int = 1
+    distributed: bool = False
+    coordinator_address: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+    # output
+    output_dir: str = "runs/safedpo"
+    save_every: int = 500
+    keep_checkpoints: int = 3
+    log_every: int = 10
+    eval_every: int = 0
+    eval_batches: int | None = None
+    export: bool = True
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.pairs in PAIR_MODES, f"pairs must be one of {PAIR_MODES}, got {self.pairs!r}"),
+            (self.loss in LOSSES, f"loss must be one of {LOSSES}, got {self.loss!r}"),
+            (
+                self.objective in OBJECTIVES,
+                f"objective must be one of {OBJECTIVES}, got {self.objective!r}",
+            ),
+            (
+                self.sft_responses in SFT_RESPONSES,
+                f"sft_responses must be one of {SFT_RESPONSES}, got {self.sft_responses!r}",
+            ),
+            (
+                self.reference in REFERENCE_MODES,
+                f"reference must be one of {REFERENCE_MODES}, got {self.reference!r}",
+            ),
+            (self.dtype in DTYPES, f"dtype must be one of {DTYPES}, got {self.dtype!r}"),
+            (
+                self.param_dtype in DTYPES,
+                f"param_dtype must be one of {DTYPES}, got {self.param_dtype!r}",
+            ),
+            (self.beta > 0, f"beta must be > 0, got {self.beta}"),
+            (self.delta >= 0, f"delta must be >= 0, got {self.delta}"),
+            (self.batch_size > 0, f"batch_size must be positive, got {self.batch_size}"),
+            (self.micro_batches > 0, f"micro_batches must be positive, got {self.micro_batches}"),
+            (
+                self.batch_size % self.micro_batches == 0,
+                f"micro_batches ({self.micro_batches}) must divide batch_size ({self.batch_size})",
+            ),
+            (self.max_length > 1, f"max_length must be > 1, got {self.max_length}"),
+            (self.save_every > 0, f"save_every must be positive, got {self.save_every}"),
+            (self.log_every > 0, f"log_every must be positive, got {self.log_every}"),
+            (self.keep_checkpoints > 0, "keep_checkpoints must be positive"),
+            (self.max_steps is None or self.max_steps > 0, "max_steps must be positive"),
+            (self.logprob_chunk_size >= 0, "logprob_chunk_size must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"TrainConfig: {message}")
+        if self.model is None and self.model_config is None:
+            raise ValueError("TrainConfig: give --model (a checkpoint) or a model_config")
+
+    @property
+    def reference_model(self) -> str | None:
+        """The reference checkpoint (``ref_model``, else ``model``)."""
+        return self.ref_model if self.ref_model is not None else self.model
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+
+# A small Llama for CPU runs on the embedded sample; vocab and special tokens come from
+# the tokenizer.
+TINY_LLAMA: dict[str, Any] = {
+    "model_type": "llama",
+    "architectures": ["LlamaForCausalLM"],
+    "hidden_size": 64,
+    "intermediate_size": 176,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 128,
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 10000.0,
+    "tie_word_embeddings": False,
+}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The paper's setup: safe-rlhf DPO defaults on PKU-SafeRLHF-30K, starting from the
+    # reproduced Alpaca-7B (an SFT Llama) as policy and reference; 16 pairs per device on
+    # 8 devices.
+    "paper": {
+        "model": "PKU-Alignment/alpaca-7b-reproduced",
+        "dataset": "PKU-Alignment/PKU-SafeRLHF-30K",
+        "pairs": "safedpo",
+        "beta": 0.1,
+        "delta": 10.0,
+        "learning_rate": 1e-6,
+        "warmup_ratio": 0.03,
+        "weight_decay": 0.05,
+        "adam_b1": 0.9,
+        "adam_b2": 0.95,
+        "max_length": 512,
+        "epochs": 2,
+        "batch_size": 128,
+        "dtype": "bfloat16",
+        "param_dtype": "float32",
+        "remat": True,
+    },
+    # A random tiny Llama on the embedded synthetic sample: about a minute on 2 CPU cores.
+    "tiny": {
+        "model": None,
+        "model_config": TINY_LLAMA,
+        "dataset": "sample",
+        "max_length": 64,
+        "batch_size": 32,
+        "learning_rate": 1e-3,
+        "warmup_ratio": 0.1,
+        "weight_decay": 0.0,
+        "epochs": 1,
+        "max_steps": 60,
+        "dtype": "float32",
+        "logprob_chunk_size": 0,
+        "save_every": 20,
+        "log_every": 5,
+        "eval_batches": 4,
+        "output_dir": "runs/tiny",
+    },
+}
+
+
+def from_preset(name: str = "paper", **overrides: Any) -> TrainConfig:
+    """The `TrainConfig` of preset ``name`` with ``overrides`` applied.
+
+    >>> from_preset("tiny", beta=0.5).beta
+    0.5
+    """
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; known: {sorted(PRESETS)}")
+    fields = {**PRESETS[name], **overrides}
+    if isinstance(fields.get("model_config"), str):
+        fields["model_config"] = json.loads(Path(fields["model_config"]).read_text())
+    return TrainConfig(**fields)
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {text!r}")
+
+
+def _none_or(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        return None if text.lower() in ("none", "null") else kind(text)
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _field_parser(annotation: Any) -> Any:
+    """An argparse ``type`` for a dataclass field annotation (as a string or a type)."""
+    hints = {"str | None": _none_or(str), "int | None": _none_or(int)}
+    if isinstance(annotation, str):
+        if annotation in hints:
+            return hints[annotation]
+        annotation = eval(annotation, {**typing.__dict__, "Any": Any})  # noqa: S307
+    if annotation is bool:
+        return _parse_bool
+    if annotation in (int, float, str):
+        return annotation
+    args = typing.get_args(annotation)
+    if isinstance(annotation, types.UnionType) and type(None) in args:
+        inner = [a for a in args if a is not type(None)]
+        return _none_or(inner[0] if inner[0] in (int, float, str) else str)
+    return str
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: ``--preset`` plus one ``--field-name`` flag per config field."""
+    parser = argparse.ArgumentParser(
+        prog="python -m safedpo_jax.train",
+        description="Train a policy with SafeDPO (or a DPO baseline) on a device mesh.",
+    )
+    parser.add_argument("--preset", default="paper", help=f"one of {sorted(PRESETS)}")
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the resolved config and exit"
+    )
+    for field in dataclasses.fields(TrainConfig):
+        flag = "--" + field.name.replace("_", "-")
+        kind = _field_parser(field.type)
+        extra: dict[str, Any] = {}
+        if field.name == "pairs":
+            extra["choices"] = PAIR_MODES
+        elif field.name == "loss":
+            extra["choices"] = LOSSES
+        elif field.name == "reference":
+            extra["choices"] = REFERENCE_MODES
+        elif field.name == "objective":
+            extra["choices"] = OBJECTIVES
+        elif field.name == "sft_responses":
+            extra["choices"] = SFT_RESPONSES
+        parser.add_argument(flag, dest=field.name, type=kind, default=None, **extra)
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
+    """Parses ``argv`` into a `TrainConfig` (preset first, then the explicit flags).
+
+    >>> cfg, _ = parse_args(["--preset", "tiny", "--max-steps", "3", "--ref-model", "none"])
+    >>> cfg.max_steps, cfg.ref_model, cfg.dataset
+    (3, None, 'sample')
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    overrides: Mapping[str, Any] = {
+        f.name: getattr(ns, f.name)
+        for f in dataclasses.fields(TrainConfig)
+        if getattr(ns, f.name) is not None or _given(argv, f.name)
+    }
+    try:
+        return from_preset(ns.preset, **overrides), ns
+    except (ValueError, TypeError) as e:
+        parser.error(str(e))
+        raise  # unreachable: parser.error exits
+
+
+def _given(argv: Sequence[str], name: str) -> bool:
+    """Whether ``--name`` appeared explicitly (so an explicit ``none`` overrides a preset)."""
+    flag = "--" + name.replace("_", "-")
+    return any(a == flag or a.startswith(flag + "=") for a in argv)

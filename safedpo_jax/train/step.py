@@ -1,0 +1,449 @@
+"""The jitted, sharded SafeDPO train step.
+
+``train_step(state, ref_params, batch) -> (state, metrics)`` is one pure function:
+
+1. the policy runs once over chosen and rejected together (``[B, 2, T]`` folded into
+   ``[2B, T]``) and yields per-sequence log-probs ``[B, 2]`` (chunked over the vocabulary
+   from the final hidden states, so the ``[2B, T, V]`` float32 logits never exist, unless
+   ``logprob_chunk_size = 0``);
+2. the reference log-probs come from the frozen reference under `jax.lax.stop_gradient`
+   (``ref_params`` given) or from the batch (cached, ``batch.ref_logps``);
+3. `safedpo_jax.losses.safe_daa_loss` applies the safety transform and margin (or the
+   plain loss for the DPO baselines);
+4. gradients are accumulated over ``micro_batches`` microbatches: each contributes
+   ``sum(losses) / n_kept`` where ``n_kept`` counts the kept pairs of the *whole* global
+   batch (it depends on the labels alone), so the accumulated gradient equals the
+   big-batch gradient exactly;
+5. optax applies global-norm clipping and AdamW. A non-finite loss or gradient leaves
+   the state untouched and is reported in ``metrics["finite"]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from safedpo_jax import losses, sharding
+from safedpo_jax.data.batches import PairBatch, SFTBatch
+from safedpo_jax.train.config import TrainConfig
+
+Array = jax.Array
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class TrainState:
+    """What a checkpoint holds besides the data position.
+
+    step: int32 scalar, optimizer steps taken.
+    params: the policy's `nnx.Param` state.
+    opt_state: the optax state (moments sharded like the parameters).
+    rng: uint32 key data, split every step; the objectives here are deterministic, it
+      is carried so stochastic extensions (dropout, sampled evaluation) resume exactly.
+    """
+
+    step: Array
+    params: nnx.State
+    opt_state: Any
+    rng: Array
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class StepBatch:
+    """A global batch on the devices; the leading axis is split over ``("data", "fsdp")``.
+
+    input_ids, attention_mask, loss_mask: [B, 2, T] (right-padded; see `PairBatch`).
+    unsafe: bool [B, 2], True = unsafe.
+    valid: bool [B], False for padding pairs.
+    ref_logps: float32 [B, 2] cached reference log-probs, or None (in-step reference).
+    """
+
+    input_ids: Array
+    attention_mask: Array
+    loss_mask: Array
+    unsafe: Array
+    valid: Array
+    ref_logps: Array | None = None
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class SFTStepBatch:
+    """A global SFT batch: input_ids, attention_mask, loss_mask [B, T]; valid [B]."""
+
+    input_ids: Array
+    attention_mask: Array
+    loss_mask: Array
+    valid: Array
+
+
+# --------------------------------------------------------------------------------------
+# Optimizer
+# --------------------------------------------------------------------------------------
+
+
+def learning_rate_schedule(config: TrainConfig, total_steps: int) -> optax.Schedule:
+    """Linear warmup over ``warmup_ratio * total_steps`` steps, then cosine decay to 0."""
+    warmup = int(round(config.warmup_ratio * total_steps))
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=config.learning_rate,
+        warmup_steps=warmup,
+        decay_steps=max(total_steps, warmup + 1),
+        end_value=0.0,
+    )
+
+
+def make_optimizer(config: TrainConfig, total_steps: int) -> optax.GradientTransformation:
+    """Global-norm clipping, then AdamW with the warmup-cosine schedule."""
+    adamw = optax.adamw(
+        learning_rate_schedule(config, total_steps),
+        b1=config.adam_b1,
+        b2=config.adam_b2,
+        eps=config.adam_eps,
+        weight_decay=config.weight_decay,
+    )
+    if config.max_grad_norm > 0:
+        return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), adamw)
+    return adamw
+
+
+def init_state(
+    params: nnx.State, optimizer: optax.GradientTransformation, mesh: Mesh, seed: int
+) -> TrainState:
+    """A `TrainState` whose optimizer moments take the parameters' shardings."""
+    param_shardings = jax.tree.map(lambda x: x.sharding, params)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    abstract = jax.eval_shape(optimizer.init, params)
+    opt_shardings = optax.tree_utils.tree_map_params(
+        optimizer,
+        lambda _, s: s,
+        abstract,
+        param_shardings,
+        transform_non_params=lambda _: replicated,
+    )
+    opt_state = jax.jit(optimizer.init, out_shardings=opt_shardings)(params)
+    rng = jax.device_put(jax.random.key_data(jax.random.key(seed)), replicated)
+    step = jax.device_put(jnp.zeros((), jnp.int32), replicated)
+    return TrainState(step=step, params=params, opt_state=opt_state, rng=rng)
+
+
+def state_shardings(state: TrainState) -> TrainState:
+    """The shardings of a concrete state (the jit boundary keeps them)."""
+    return jax.tree.map(lambda x: x.sharding, state)
+
+
+# --------------------------------------------------------------------------------------
+# Log-probs and losses
+# --------------------------------------------------------------------------------------
+
+
+def sequence_logps(
+    graphdef: nnx.GraphDef,
+    params: nnx.State,
+    rest: nnx.State,
+    input_ids: Array,
+    attention_mask: Array,
+    loss_mask: Array,
+    *,
+    chunk_size: int,
+) -> Array:
+    """Summed response log-probs of each sequence, float32 ``[...]`` for ids ``[..., T]``.
+
+    The logits at position ``t - 1`` score the token at ``t``: targets are ``ids[..., 1:]``
+    and the loss mask is shifted the same way.
+    """
+    lead, t = input_ids.shape[:-1], input_ids.shape[-1]
+    ids = input_ids.reshape(-1, t)
+    mask = attention_mask.reshape(-1, t)
+    targets, target_mask = ids[:, 1:], loss_mask.reshape(-1, t)[:, 1:]
+    model = nnx.merge(graphdef, params, rest)
+    if chunk_size:
+        hidden = model(ids, mask, return_hidden=True)
+        logps = losses.chunked_sequence_logprobs(
+            hidden[:, :-1], model.lm_head_weight(), targets, target_mask, chunk_size=chunk_size
+        )
+    else:
+        logits = model(ids, mask)
+        logps = losses.sequence_logprobs(logits[:, :-1], targets, target_mask)
+    return logps.reshape(lead)
+
+
+def link_for(config: TrainConfig) -> losses.Link:
+    """The direct-alignment link of ``config.loss``."""
+    if config.loss == "sigmoid":
+        return losses.sigmoid_link(config.label_smoothing)
+    if config.loss == "ipo":
+        return losses.ipo_link(config.beta)
+    return losses.hinge_link()
+
+
+def preference_output(
+    config: TrainConfig, policy_logps: Array, ref_logps: Array, unsafe: Array, valid: Array
+) -> losses.PreferenceOutput:
+    """The kernel on ``[B, 2]`` log-probs: SafeDAA for ``pairs="safedpo"``, plain otherwise."""
+    safe = config.pairs == "safedpo"
+    return losses.safe_daa_loss(
+        link_for(config),
+        policy_logps[:, 0],
+        policy_logps[:, 1],
+        ref_logps[:, 0],
+        ref_logps[:, 1],
+        unsafe[:, 0] if safe else None,
+        unsafe[:, 1] if safe else None,
+        beta=config.beta,
+        delta=config.delta if safe else 0.0,
+        where=valid,
+    )
+
+
+def kept_count(config: TrainConfig, unsafe: Array, valid: Array) -> Array:
+    """Pairs that count in the mean: valid and, for SafeDPO, not dropped by T."""
+    keep = valid
+    if config.pairs == "safedpo":
+        keep = keep & ~losses.safety_transform(unsafe[:, 0], unsafe[:, 1]).drop
+    return jnp.sum(keep).astype(jnp.float32)
+
+
+def _microbatches(tree: Any, k: int) -> Any:
+    """[B, ...] -> [k, B/k, ...], microbatch j holding rows j, j + k, ... .
+
+    The strided split keeps every microbatch spread over all devices of the batch axis
+    (a contiguous split would put each microbatch on a subset of them).
+    """
+
+    def split(x: Array) -> Array:
+        return jnp.moveaxis(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 1, 0)
+
+    return jax.tree.map(split, tree)
+
+
+# --------------------------------------------------------------------------------------
+# Steps
+# --------------------------------------------------------------------------------------
+
+
+def make_train_step(
+    config: TrainConfig,
+    graphdef: nnx.GraphDef,
+    rest: nnx.State,
+    ref_graphdef: nnx.GraphDef | None,
+    ref_rest: nnx.State | None,
+    optimizer: optax.GradientTransformation,
+    schedule: optax.Schedule,
+) -> Callable[[TrainState, nnx.State | None, StepBatch], tuple[TrainState, dict[str, Array]]]:
+    """The un-jitted step; `jit_step` compiles it with explicit shardings."""
+    chunk = config.logprob_chunk_size
+    k = config.micro_batches
+
+    def step(
+        state: TrainState, ref_params: nnx.State | None, batch: StepBatch
+    ) -> tuple[TrainState, dict[str, Array]]:
+        n_kept = kept_count(config, batch.unsafe, batch.valid)
+
+        def micro_loss(params: nnx.State, mb: StepBatch) -> tuple[Array, dict[str, Array]]:
+            policy = sequence_logps(
+                graphdef, params, rest, mb.input_ids, mb.attention_mask, mb.loss_mask,
+                chunk_size=chunk,
+            )  # fmt: skip
+            if mb.ref_logps is not None:
+                ref = mb.ref_logps
+            else:
+                ref = jax.lax.stop_gradient(
+                    sequence_logps(
+                        ref_graphdef,
+                        ref_params,
+                        ref_rest,
+                        mb.input_ids,
+                        mb.attention_mask,
+                        mb.loss_mask,
+                        chunk_size=chunk,
+                    )  # fmt: skip
+                )
+            out = preference_output(config, policy, ref, mb.unsafe, mb.valid)
+            return out.losses.sum() / jnp.maximum(n_kept, 1.0), losses.metric_sums(out, mb.valid)
+
+        grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+        if k == 1:
+            (loss, sums), grads = grad_fn(state.params, batch)
+        else:
+
+            def body(carry, mb):
+                loss_acc, grads_acc, sums_acc = carry
+                (loss, sums), grads = grad_fn(state.params, mb)
+                add = lambda a, b: jax.tree.map(jnp.add, a, b)
+                return (loss_acc + loss, add(grads_acc, grads), add(sums_acc, sums)), None
+
+            zeros = jax.tree.map(jnp.zeros_like, state.params)
+            _, sums0 = jax.eval_shape(micro_loss, state.params, _first(batch, k))
+            init = (jnp.zeros((), jnp.float32), zeros, jax.tree.map(jnp.zeros_like, sums0))
+            (loss, grads, sums), _ = jax.lax.scan(body, init, _microbatches(batch, k))
+
+        tokens = jnp.sum(batch.attention_mask).astype(jnp.float32)
+        return _apply(state, grads, loss, sums, tokens, optimizer, schedule)
+
+    return step
+
+
+def make_sft_step(
+    config: TrainConfig,
+    graphdef: nnx.GraphDef,
+    rest: nnx.State,
+    optimizer: optax.GradientTransformation,
+    schedule: optax.Schedule,
+) -> Callable[[TrainState, None, SFTStepBatch], tuple[TrainState, dict[str, Array]]]:
+    """Supervised fine-tuning: mean negative log-likelihood per response token.
+
+    The mean is over the response tokens (and EOS) of the whole global batch, so the
+    accumulated gradient equals the big-batch gradient as for the preference step.
+    """
+    chunk = config.logprob_chunk_size
+    k = config.micro_batches
+
+    def step(
+        state: TrainState, _: None, batch: SFTStepBatch
+    ) -> tuple[TrainState, dict[str, Array]]:
+        n_tokens = jnp.sum(batch.loss_mask[:, 1:] & batch.valid[:, None]).astype(jnp.float32)
+
+        def micro_loss(params: nnx.State, mb: SFTStepBatch) -> tuple[Array, dict[str, Array]]:
+            mask = mb.loss_mask & mb.valid[:, None]
+            logps = sequence_logps(
+                graphdef, params, rest, mb.input_ids, mb.attention_mask, mask, chunk_size=chunk
+            )
+            tokens = jnp.sum(mask[:, 1:]).astype(jnp.float32)
+            nll = -jnp.sum(logps)
+            sums = {
+                "loss": jnp.stack([nll, tokens]),
+                "logps/sequence": jnp.stack(
+                    [jnp.sum(logps), jnp.sum(mb.valid).astype(jnp.float32)]
+                ),
+            }
+            return nll / jnp.maximum(n_tokens, 1.0), sums
+
+        grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+        if k == 1:
+            (loss, sums), grads = grad_fn(state.params, batch)
+        else:
+
+            def body(carry, mb):
+                loss_acc, grads_acc, sums_acc = carry
+                (loss, sums), grads = grad_fn(state.params, mb)
+                add = lambda a, b: jax.tree.map(jnp.add, a, b)
+                return (loss_acc + loss, add(grads_acc, grads), add(sums_acc, sums)), None
+
+            zeros = jax.tree.map(jnp.zeros_like, state.params)
+            _, sums0 = jax.eval_shape(micro_loss, state.params, _first(batch, k))
+            init = (jnp.zeros((), jnp.float32), zeros, jax.tree.map(jnp.zeros_like, sums0))
+            (loss, grads, sums), _ = jax.lax.scan(body, init, _microbatches(batch, k))
+        tokens = jnp.sum(batch.attention_mask).astype(jnp.float32)
+        return _apply(state, grads, loss, sums, tokens, optimizer, schedule)
+
+    return step
+
+
+def _first(batch: Any, k: int) -> Any:
+    """An abstract microbatch (for shapes)."""
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct((x.shape[0] // k, *x.shape[1:]), x.dtype), batch
+    )
+
+
+def _apply(
+    state: TrainState,
+    grads: nnx.State,
+    loss: Array,
+    sums: dict[str, Array],
+    tokens: Array,
+    optimizer: optax.GradientTransformation,
+    schedule: optax.Schedule,
+) -> tuple[TrainState, dict[str, Array]]:
+    """The optimizer update, skipped (state unchanged) when the loss or gradient is not finite."""
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    rng = jax.random.key_data(jax.random.split(jax.random.wrap_key_data(state.rng))[0])
+    new = TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng)
+    new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)
+    metrics = losses.finalize_metrics(sums)
+    metrics.update(
+        {
+            "objective": loss,  # the value whose gradient was taken (= metrics["loss"])
+            "grad_norm": grad_norm,
+            "learning_rate": schedule(state.step),
+            "finite": finite,
+            "tokens": tokens,  # non-pad tokens in the global batch
+        }
+    )
+    return new, metrics
+
+
+def jit_step(
+    step: Callable[..., Any], state: TrainState, mesh: Mesh, *, ref_params: nnx.State | None
+) -> Callable[..., Any]:
+    """Compiles ``step`` with explicit in/out shardings and a donated state.
+
+    Parameters and optimizer state keep the shardings they have (the logical-axis rules),
+    the frozen reference keeps its own, every batch array is split over
+    ``("data", "fsdp")`` on its leading axis, and metrics come back replicated.
+    """
+    state_sh = state_shardings(state)
+    ref_sh = None if ref_params is None else jax.tree.map(lambda x: x.sharding, ref_params)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    batch_sh = sharding.batch_sharding(mesh, 1)  # a prefix: applies to every batch leaf
+    return jax.jit(
+        step,
+        in_shardings=(state_sh, ref_sh, batch_sh),
+        out_shardings=(state_sh, replicated),
+        donate_argnums=(0,),
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Host -> device
+# --------------------------------------------------------------------------------------
+
+
+def to_global(local: np.ndarray, mesh: Mesh) -> Array:
+    """A global array from this process's rows of the batch (split over ``("data","fsdp")``).
+
+    On one process this is a sharded `device_put`; on several, each process contributes
+    its own consecutive block of rows (`jax.make_array_from_process_local_data`).
+    """
+    spec = sharding.batch_sharding(mesh, local.ndim)
+    global_shape = (local.shape[0] * jax.process_count(), *local.shape[1:])
+    return jax.make_array_from_process_local_data(spec, local, global_shape)
+
+
+def pair_step_batch(batch: PairBatch, mesh: Mesh, ref_logps: np.ndarray | None = None) -> StepBatch:
+    """Places a host `PairBatch` (this process's rows) on the mesh as a global `StepBatch`."""
+    put = functools.partial(to_global, mesh=mesh)
+    return StepBatch(
+        input_ids=put(batch.input_ids.astype(np.int32)),
+        attention_mask=put(batch.attention_mask.astype(np.int32)),
+        loss_mask=put(batch.loss_mask.astype(bool)),
+        unsafe=put(batch.unsafe.astype(bool)),
+        valid=put(batch.valid.astype(bool)),
+        ref_logps=None if ref_logps is None else put(ref_logps.astype(np.float32)),
+    )
+
+
+def sft_step_batch(batch: SFTBatch, mesh: Mesh) -> SFTStepBatch:
+    """Places a host `SFTBatch` on the mesh."""
+    put = functools.partial(to_global, mesh=mesh)
+    return SFTStepBatch(
+        input_ids=put(batch.input_ids.astype(np.int32)),
+        attention_mask=put(batch.attention_mask.astype(np.int32)),
+        loss_mask=put(batch.loss_mask.astype(bool)),
+        valid=put(batch.valid.astype(bool)),
+    )
