@@ -13,9 +13,10 @@ The path of one run::
       -> report.write_report      tables (Markdown, JSON), tradeoff.png, failure cases
 
 Modules: `safedpo_jax.evaluate.metrics`, `safedpo_jax.evaluate.refusal`,
-`safedpo_jax.evaluate.scoring`, `safedpo_jax.evaluate.report` (numpy and matplotlib),
-`safedpo_jax.evaluate.generation` (the models). ``python -m safedpo_jax.evaluate --help``
-runs the whole path over exported models.
+`safedpo_jax.evaluate.scoring`, `safedpo_jax.evaluate.report`,
+`safedpo_jax.evaluate.generation`, `safedpo_jax.evaluate.runner` (one run: prompts,
+generation, scoring) and `safedpo_jax.evaluate.cli` (``python -m safedpo_jax.evaluate``,
+the whole path over exported models). Training is never imported.
 """
 
 from safedpo_jax.evaluate.metrics import (
@@ -37,22 +38,26 @@ from safedpo_jax.evaluate.report import (
     plot_tradeoff,
     write_report,
 )
+from safedpo_jax.evaluate.runner import Prompt, evaluate_run, load_prompts
 from safedpo_jax.evaluate.scoring import ModelScorer, Scorer, function_scorer, oracle_scorers
 
 __all__ = [
     "DEFAULT_MATCHER",
     "ModelScorer",
+    "Prompt",
     "RefusalMatcher",
     "Report",
     "RunMetrics",
     "ScoredResponse",
     "Scorer",
+    "evaluate_run",
     "failure_cases",
     "failures_markdown",
     "function_scorer",
     "harmless_ratio",
     "harmlessness",
     "helpfulness",
+    "load_prompts",
     "metrics_markdown",
     "normalize_helpfulness",
     "normalize_runs",
