@@ -227,5 +227,10 @@ class ModelScorer:
             if self.mesh is not None:
                 ids, mask = jax.device_put((ids, mask), sharding.batch_sharding(self.mesh, 2))
             out = np.asarray(jax.device_get(self._forward(ids, mask)), np.float64)
-            scores.append(out.reshape(self.batch_size)[: len(chunk)])
+            if out.shape != (self.batch_size,):
+                raise ValueError(
+                    f"the score model returned shape {out.shape} for {self.batch_size} "
+                    "sequences; a scorer needs one score per sequence (score_dim 1)"
+                )
+            scores.append(out[: len(chunk)])
         return check_scores(np.concatenate(scores) if scores else np.zeros(0), len(seqs))

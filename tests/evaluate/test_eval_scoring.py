@@ -93,6 +93,12 @@ def test_model_scorer_with_an_nnx_model_on_a_mesh():
     assert len(jax.devices()) == 8
 
 
+def test_model_scorer_needs_one_score_per_sequence():
+    scorer = ModelScorer(lambda ids, mask: jnp.zeros((ids.shape[0], 2)), tiny_tokenizer())
+    with pytest.raises(ValueError, match="one score per sequence"):
+        scorer(PROMPTS, RESPONSES)
+
+
 def test_length_buckets():
     assert length_buckets(16) == (16,)
     assert length_buckets(40, smallest=8) == (8, 16, 32, 40)
