@@ -124,6 +124,10 @@ def test_accumulation_over_microbatches_equals_one_big_batch(tmp_path, pairs):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=PARAM_ATOL)
 
 
+# A failed orbax restore leaves tensorstore callbacks aimed at an asyncio loop that orbax
+# has closed; they surface at garbage collection as "Event loop is closed", after the
+# restore has already been reported and skipped.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_resume_after_a_damaged_checkpoint_uses_the_one_before(tmp_path, caplog):
     first = train(micro_config(tmp_path, "run", max_steps=6, save_every=2))
     assert first.resumed_from is None
@@ -269,15 +273,16 @@ def test_command_line_tiny_run_writes_metrics_checkpoints_and_a_transformers_mod
     from transformers import AutoModelForCausalLM
 
     out_dir = tmp_path / "cli"
-    proc = run_cli(["--preset", "tiny", "--max-steps", "6", "--save-every", "3",
-                    "--output-dir", str(out_dir), "--ref-cache-dir", str(tmp_path / "c")])  # fmt: skip
+    args = ["--preset", "tiny", "--max-steps", "6", "--save-every", "3"]
+    proc = run_cli([*args, "--output-dir", str(out_dir), "--ref-cache-dir", str(tmp_path / "c")])
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out
     records = read_metrics(out_dir)
     train_records = [r for r in records if "loss" in r]
     assert [r["step"] for r in train_records] == [5, 6]
-    for key in ("loss", "rewards/accuracies", "rewards/margins", "logps/chosen",
-                "safety/swapped", "safety/mixed_accuracy", "learning_rate", "grad_norm"):  # fmt: skip
+    expected = ["loss", "rewards/accuracies", "rewards/margins", "logps/chosen"]
+    expected += ["safety/swapped", "safety/mixed_accuracy", "learning_rate", "grad_norm"]
+    for key in expected:
         assert key in train_records[-1], key
     assert any("eval/loss" in r for r in records)
     steps = sorted(int(p.name) for p in (out_dir / "checkpoints").iterdir() if p.name.isdigit())
