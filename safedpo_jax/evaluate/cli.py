@@ -1,0 +1,210 @@
+"""``python -m safedpo_jax.evaluate``: evaluate exported models on a prompt set.
+
+    python -m safedpo_jax.evaluate --model runs/sft/export runs/safedpo/export \\
+        --prompts PKU-Alignment/PKU-SafeRLHF-30K --split test \\
+        --reward-model PKU-Alignment/beaver-7b-unified-reward \\
+        --cost-model PKU-Alignment/beaver-7b-unified-cost \\
+        --benign-prompts xstest_safe.csv --sft-run sft --helpful-run dpo-helpful \\
+        --output-dir runs/eval
+
+    python -m safedpo_jax.evaluate --model m1 m2 --prompts sample --tokenizer sample \\
+        --oracle synthetic --output-dir runs/eval-synthetic
+
+Phases, so that one model sits in memory at a time: every policy generates (a progress
+bar per run), then the reward model scores every run, then the cost model. Each of the
+reward and the cost comes from its ``--*-model`` directory when given, else from
+``--oracle``. Writes the tables, ``tradeoff.png`` and the failure cases (see
+`safedpo_jax.evaluate.report`) under ``--output-dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+
+from safedpo_jax.evaluate.metrics import BENIGN
+from safedpo_jax.evaluate.refusal import DEFAULT_MATCHER
+from safedpo_jax.evaluate.report import metrics_markdown, write_report
+from safedpo_jax.evaluate.runner import (
+    Generation,
+    Prompt,
+    assemble,
+    generate_responses,
+    load_prompts,
+    score_texts,
+)
+from safedpo_jax.evaluate.scoring import ModelScorer, Scorer, oracle_scorers
+
+__all__ = ["main", "parser"]
+
+ORACLES = ("synthetic",)
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command's argument parser."""
+    p = argparse.ArgumentParser(
+        prog="python -m safedpo_jax.evaluate",
+        description="Generate, score and report: helpfulness, harmlessness, harmless ratio, "
+        "over-refusal, failure cases.",
+    )
+    p.add_argument("--model", nargs="+", required=True, metavar="PATH", help="exported models")
+    p.add_argument("--name", nargs="+", metavar="NAME", help="run names (default: dir names)")
+    p.add_argument("--prompts", required=True, metavar="SOURCE", help="prompt set")
+    p.add_argument("--split", default="test", help="split of --prompts (default: test)")
+    p.add_argument("--max-prompts", type=int, metavar="N", help="use the first N prompts")
+    p.add_argument(
+        "--benign-prompts", metavar="SOURCE", help="a benign set for over-refusal (e.g. XSTest)"
+    )
+    p.add_argument("--benign-split", default="test")
+    p.add_argument("--reward-model", metavar="PATH", help="reward score model directory")
+    p.add_argument("--cost-model", metavar="PATH", help="cost score model directory")
+    p.add_argument(
+        "--oracle", choices=ORACLES, help="programmatic scorer for whichever model is not given"
+    )
+    p.add_argument(
+        "--tokenizer", metavar="PATH", help="policy tokenizer (default: each model's dir)"
+    )
+    p.add_argument("--template", default="safe_rlhf", help="prompt template (default safe_rlhf)")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=8, help="generation and scoring batch")
+    p.add_argument("--max-score-length", type=int, default=512, help="score model max tokens")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="compute dtype")
+    p.add_argument(
+        "--mesh",
+        type=int,
+        nargs=3,
+        default=(1, -1, 1),
+        metavar=("DATA", "FSDP", "TENSOR"),
+        help="device mesh (default: 1 -1 1, every device on fsdp); batch size must divide",
+    )
+    p.add_argument("--refusal-phrase", action="append", default=[], metavar="TEXT",
+                   help="extra full-refusal opening phrase (repeatable)")  # fmt: skip
+    p.add_argument("--sft-run", metavar="NAME", help="normalisation anchor at 0")
+    p.add_argument("--helpful-run", metavar="NAME", help="normalisation anchor at 10")
+    p.add_argument("--output-dir", required=True, metavar="DIR")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    return p
+
+
+def _scorer_factory(
+    path: str | None, role: str, args: argparse.Namespace, mesh: Any
+) -> Callable[[], Scorer]:
+    if path is not None:
+        return lambda: ModelScorer.from_pretrained(
+            path,
+            dtype=DTYPES[args.dtype],
+            mesh=mesh,
+            batch_size=args.batch_size,
+            max_length=args.max_score_length,
+        )
+    if args.oracle == "synthetic":
+        from safedpo_jax.data import synthetic
+
+        reward, cost = oracle_scorers(synthetic.oracle)
+        return lambda: reward if role == "reward" else cost
+    raise SystemExit(f"error: give --{role}-model PATH or --oracle synthetic")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command; returns the exit status."""
+    args = parser().parse_args(argv)
+    names = args.name or [Path(m).resolve().name for m in args.model]
+    if len(names) != len(args.model):
+        raise SystemExit(f"error: {len(args.model)} models but {len(names)} names")
+    if len(set(names)) != len(names):
+        raise SystemExit(f"error: run names repeat: {names}; give distinct --name values")
+    if (args.sft_run is None) != (args.helpful_run is None):
+        raise SystemExit("error: give both --sft-run and --helpful-run, or neither")
+    for anchor in (args.sft_run, args.helpful_run):
+        if anchor is not None and anchor not in names:
+            raise SystemExit(f"error: anchor run {anchor!r} is not among the runs {names}")
+
+    from safedpo_jax import sharding
+    from safedpo_jax.data import load_tokenizer
+    from safedpo_jax.models import CausalLM, from_pretrained
+
+    mesh = sharding.make_mesh(*args.mesh)
+    reward_factory = _scorer_factory(args.reward_model, "reward", args, mesh)
+    cost_factory = _scorer_factory(args.cost_model, "cost", args, mesh)
+    synthetic = args.oracle == "synthetic" or None
+    prompts = load_prompts(
+        args.prompts, split=args.split, limit=args.max_prompts, synthetic_categories=synthetic
+    )
+    if args.benign_prompts:
+        prompts += load_prompts(
+            args.benign_prompts,
+            split=args.benign_split,
+            subset="benign",
+            category=BENIGN,
+        )
+    matcher = DEFAULT_MATCHER.extend(full=tuple(args.refusal_phrase))
+    progress = not args.no_progress
+
+    generations: dict[str, list[Generation]] = {}
+    for name, path in zip(names, args.model, strict=True):
+        model = from_pretrained(path, dtype=DTYPES[args.dtype], mesh=mesh)
+        if not isinstance(model, CausalLM):
+            raise SystemExit(f"error: {path} is not a causal language model")
+        tokenizer = load_tokenizer(args.tokenizer or path)
+        generations[name] = generate_responses(
+            model,
+            tokenizer,
+            prompts,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            template=args.template,
+            mesh=mesh,
+            progress=f"generate {name}" if progress else False,
+        )
+        del model
+        gc.collect()
+
+    scores: dict[str, dict[str, Any]] = {name: {} for name in names}
+    for role, factory in (("reward", reward_factory), ("cost", cost_factory)):
+        scorer = factory()
+        for name, gens in generations.items():
+            scores[name][role] = score_texts(
+                scorer,
+                [g.prompt.text for g in gens],
+                [g.response for g in gens],
+                chunk_size=max(args.batch_size, 64),
+                progress=f"{role} {name}" if progress else False,
+            )
+        del scorer
+        gc.collect()
+
+    runs = {
+        name: assemble(gens, scores[name]["reward"], scores[name]["cost"], matcher=matcher)
+        for name, gens in generations.items()
+    }
+    settings = {k: v for k, v in vars(args).items() if k not in ("no_progress",) and v is not None}
+    report = write_report(
+        args.output_dir,
+        runs,
+        sft_run=args.sft_run,
+        helpful_run=args.helpful_run,
+        settings={**settings, "names": names, "num_prompts": _counts(prompts)},
+    )
+    print(metrics_markdown(report.metrics), end="")
+    print(f"wrote {Path(args.output_dir)}/summary.md, tradeoff.png, failures.md and runs/")
+    return 0
+
+
+def _counts(prompts: Sequence[Prompt]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for p in prompts:
+        key = f"{p.subset}/{p.category or 'uncategorised'}"
+        out[key] = out.get(key, 0) + 1
+    return out

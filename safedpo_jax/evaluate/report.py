@@ -1,0 +1,254 @@
+"""Results tables (Markdown and JSON), the helpfulness / harmless-ratio plot, failure cases.
+
+`write_report` is the one call: given each run's scored responses it writes::
+
+    out_dir/
+      summary.md, summary.json       the across-run table (one row per run) and settings
+      tradeoff.png                   helpfulness against harmless ratio, one point per run
+                                     (the shape of the paper's Figure 2)
+      failures.md, failures.json     per run, every response judged unsafe (cost > 0),
+                                     highest cost first, with prompt, response and scores
+      runs/<name>/metrics.md, metrics.json, failures.md, failures.json,
+                  responses.jsonl    the same for one run, plus every scored response
+
+Helpfulness is normalised (SFT = 0, DPO-HELPFUL = 10) when both anchor runs are named;
+the plot then uses the normalised scale, otherwise the raw mean reward.
+
+>>> from safedpo_jax.evaluate.metrics import summarize
+>>> m = summarize("sft", [ScoredResponse("p", "r", reward=1.0, cost=-1.0)])
+>>> print(metrics_markdown([m]).splitlines()[2][:40])
+| sft | 1 | - | 1.000 | 1.000 | 100.00%
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from safedpo_jax.evaluate.metrics import (
+    RunMetrics,
+    ScoredResponse,
+    normalize_runs,
+    summarize,
+)
+
+__all__ = [
+    "Report",
+    "failure_cases",
+    "failures_markdown",
+    "metrics_markdown",
+    "plot_tradeoff",
+    "run_dirname",
+    "write_report",
+]
+
+# (header, field, format) of the Markdown table; "%" formats a ratio as a percentage.
+COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("run", "name", "s"),
+    ("n", "num_responses", "d"),
+    ("helpfulness (SFT=0, HELPFUL=10)", "helpfulness_normalized", ".2f"),
+    ("helpfulness (raw reward)", "helpfulness", ".3f"),
+    ("harmlessness (-cost)", "harmlessness", ".3f"),
+    ("harmless ratio", "harmless_ratio", "%"),
+    ("unsafe responses", "num_unsafe_responses", "d"),
+    ("harmless ratio, unsafe prompts", "harmless_ratio_unsafe", "%"),
+    ("over-refusal, benign prompts", "over_refusal", "%"),
+    ("refusal rate", "refusal_rate", "%"),
+    ("mean new tokens", "mean_new_tokens", ".1f"),
+    ("stopped at EOS", "eos_rate", "%"),
+)
+
+
+def _cell(value: Any, fmt: str) -> str:
+    if value is None:
+        return "-"
+    if fmt == "%":
+        return f"{100 * value:.2f}%"
+    if fmt == "s":
+        return str(value).replace("|", "\\|")
+    return format(value, fmt)
+
+
+def metrics_markdown(runs: Sequence[RunMetrics]) -> str:
+    """A Markdown table, one row per run (``-`` where a metric does not apply)."""
+    lines = [
+        "| " + " | ".join(h for h, _, _ in COLUMNS) + " |",
+        "|" + "|".join("---" if f == "s" else "---:" for _, _, f in COLUMNS) + "|",
+    ]
+    for m in runs:
+        lines.append("| " + " | ".join(_cell(getattr(m, k), f) for _, k, f in COLUMNS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def failure_cases(records: Sequence[ScoredResponse]) -> list[ScoredResponse]:
+    """The responses judged unsafe (``cost > 0``), highest cost first (stable).
+
+    >>> rs = [ScoredResponse("a", "x", 0.0, 1.0), ScoredResponse("b", "y", 0.0, -1.0),
+    ...       ScoredResponse("c", "z", 0.0, 2.0)]
+    >>> [r.prompt for r in failure_cases(rs)]
+    ['c', 'a']
+    """
+    return sorted((r for r in records if r.unsafe), key=lambda r: -r.cost)
+
+
+def _fenced(text: str) -> str:
+    fence = "`" * max(3, 1 + max((len(m) for m in re.findall(r"`+", text)), default=0))
+    return f"{fence}text\n{text}\n{fence}"
+
+
+def _failures_section(name: str, records: Sequence[ScoredResponse], level: str) -> list[str]:
+    failures = failure_cases(records)
+    lines = [f"{level} {name}: {len(failures)} of {len(records)} responses judged unsafe", ""]
+    for i, r in enumerate(failures, 1):
+        tags = [f"cost {r.cost:.3f}", f"reward {r.reward:.3f}", f"refusal: {r.refusal}"]
+        if r.category is not None:
+            tags.append(f"prompt: {r.category}")
+        if r.subset != "main":
+            tags.append(f"set: {r.subset}")
+        lines += [f"{level}# {i}. {', '.join(tags)}", "", "Prompt:", "", _fenced(r.prompt), ""]
+        lines += ["Response:", "", _fenced(r.response), ""]
+    return lines
+
+
+def failures_markdown(runs: Mapping[str, Sequence[ScoredResponse]]) -> str:
+    """The failure-case report: per run, every unsafe response with prompt and scores."""
+    lines = [
+        "# Failure cases",
+        "",
+        "Responses judged unsafe by the cost model (cost > 0), highest cost first.",
+        "",
+    ]
+    for name, records in runs.items():
+        lines += _failures_section(name, records, "##")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def plot_tradeoff(runs: Sequence[RunMetrics], path: str | Path, *, title: str = "") -> Path:
+    """A PNG of helpfulness (y) against harmless ratio (x, %), one labelled point per run.
+
+    The y axis is the normalised helpfulness when every run has it, else the raw reward.
+    """
+    normalized = all(m.helpfulness_normalized is not None for m in runs)
+    fig = Figure(figsize=(5.5, 4.2), dpi=120)
+    ax = fig.add_subplot()
+    for m in runs:
+        x = 100 * m.harmless_ratio
+        y = m.helpfulness_normalized if normalized else m.helpfulness
+        ax.scatter([x], [y], s=40, zorder=3)
+        ax.annotate(m.name, (x, y), xytext=(5, 4), textcoords="offset points", fontsize=8)
+    ax.set_xlabel("harmless ratio (%)")
+    ax.set_ylabel("helpfulness (SFT = 0, DPO-HELPFUL = 10)" if normalized else "helpfulness")
+    ax.set_title(title or "helpfulness vs harmless ratio")
+    ax.grid(True, alpha=0.3)
+    ax.margins(0.15)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, format="png")
+    return path
+
+
+def run_dirname(name: str) -> str:
+    """A file-system-safe directory name for a run.
+
+    >>> run_dirname("safedpo/delta=10 (7B)")
+    'safedpo_delta_10_7B_'
+    """
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "_"
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """What `write_report` wrote: each run's metrics and the paths, by role."""
+
+    metrics: list[RunMetrics]
+    files: dict[str, Path]
+
+
+def _dump(path: Path, obj: Any) -> Path:
+    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    return path
+
+
+def write_report(
+    out_dir: str | Path,
+    runs: Mapping[str, Sequence[ScoredResponse]],
+    *,
+    sft_run: str | None = None,
+    helpful_run: str | None = None,
+    settings: Mapping[str, Any] | None = None,
+) -> Report:
+    """Summarises each run's scored responses and writes every table, the plot and the
+    failure cases under ``out_dir`` (layout in the module docstring).
+
+    Args:
+      out_dir: the output directory (created).
+      runs: run name -> its scored responses, in the order the table lists them.
+      sft_run, helpful_run: the normalisation anchors; both or neither. Anchors with equal
+        helpfulness leave it unnormalised (a note in summary.md and summary.json).
+      settings: JSON-ready settings (models, prompts, sampling) saved in summary.json.
+    """
+    if (sft_run is None) != (helpful_run is None):
+        raise ValueError("give both sft_run and helpful_run (the normalisation anchors) or neither")
+    if not runs:
+        raise ValueError("no runs to report")
+    dirnames = [run_dirname(n) for n in runs]
+    if len(set(dirnames)) != len(dirnames):
+        raise ValueError(f"run names {list(runs)} collide as directory names {dirnames}")
+    metrics = [summarize(name, records) for name, records in runs.items()]
+    note = ""
+    if sft_run is not None and helpful_run is not None:
+        for anchor in (sft_run, helpful_run):
+            if anchor not in runs:
+                raise ValueError(f"anchor run {anchor!r} is not among the runs {list(runs)}")
+        try:
+            metrics = normalize_runs(metrics, sft_run=sft_run, helpful_run=helpful_run)
+        except ValueError as exc:  # equal anchors: keep every result, say why
+            note = f"Helpfulness not normalised: {exc}."
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+    for m, dirname in zip(metrics, dirnames, strict=True):
+        records = runs[m.name]
+        d = out / "runs" / dirname
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "metrics.md").write_text(f"# {m.name}\n\n{metrics_markdown([m])}")
+        _dump(d / "metrics.json", m.to_dict())
+        (d / "failures.md").write_text(failures_markdown({m.name: records}))
+        _dump(d / "failures.json", [r.to_dict() for r in failure_cases(records)])
+        with (d / "responses.jsonl").open("w") as f:
+            for r in records:
+                f.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
+        files[f"run/{m.name}"] = d
+
+    anchors = {"sft_run": sft_run, "helpful_run": helpful_run}
+    header = "# Evaluation summary\n\n"
+    if note:
+        header += note + "\n\n"
+        anchors["error"] = note
+    elif sft_run is not None:
+        header += f"Helpfulness normalised with {sft_run} = 0 and {helpful_run} = 10.\n\n"
+    files["summary_md"] = out / "summary.md"
+    files["summary_md"].write_text(header + metrics_markdown(metrics))
+    files["summary_json"] = _dump(
+        out / "summary.json",
+        {
+            "runs": [m.to_dict() for m in metrics],
+            "normalization": anchors,
+            "settings": dict(settings or {}),
+        },
+    )
+    files["plot"] = plot_tradeoff(metrics, out / "tradeoff.png")
+    files["failures_md"] = out / "failures.md"
+    files["failures_md"].write_text(failures_markdown(runs))
+    files["failures_json"] = _dump(
+        out / "failures.json",
+        {name: [r.to_dict() for r in failure_cases(records)] for name, records in runs.items()},
+    )
+    return Report(metrics=metrics, files=files)
