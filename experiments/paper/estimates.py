@@ -14,10 +14,13 @@ Compute (per optimizer step)
     tokens = pairs * 2 * T (SFT: examples * T), with T = max_length: batches are padded to
     the bucket of the longest example of the global batch, which at 128 pairs per batch is
     mostly ``max_length``; so this is an upper bound on the work.
-    MFU = 40%, ASSUMED: our trainer has not been profiled on TPU/GPU pods. It is below the
-    >50% that well-tuned JAX stacks publish for Llama pre-training on TPU v5p/v4, because
-    sequences are short (512), attention is XLA's (not a flash kernel), and remat's extra
-    forward (about +1/3 hardware FLOPs) is not counted as model FLOPs.
+    MFU (model FLOPs utilisation; remat's extra forward, about +1/3 hardware FLOPs, is not
+    counted as model FLOPs):
+      H100: 35%, MEASURED for this step on one H100 (see `MEASURED`); a pod adds FSDP
+        communication, which one device does not have, so this is optimistic there.
+      TPU v4 / v5p: 40%, ASSUMED (no TPU here): below the >50% that well-tuned JAX stacks
+        publish for Llama pre-training on TPU, because sequences are short (512) and
+        attention is XLA's (no flash kernel).
     Steps: PKU-SafeRLHF-30K has about 26,900 training rows (``TRAIN_ROWS``); pair
     constructions that drop rows (SafeDPO drops unsafe-unsafe pairs, SAFEBETTER
     unsafe-winner pairs) take fewer steps, so the row count is again an upper bound.
@@ -34,7 +37,10 @@ Memory (per device, bytes)
                tok = tokens of one microbatch on one device.
     logits   = sequences * chunk * V * 4 * 3 (float32 logits, softmax, gradient of one
                chunk; chunk = logprob_chunk_size, or T when it is 0).
-    The total leaves XLA's temporaries and fragmentation out: keep 20% headroom.
+    The total leaves XLA's temporaries and fragmentation out: keep 20% headroom. It is
+    otherwise an upper bound: on one H100 (`MEASURED`) the step peaked at 31.4 GB where
+    this sum says 43.6 GB (XLA keeps bf16 gradients of bf16 compute, and activations,
+    logits and gradients peak at different times).
 
 Evaluation (one host, ``evaluate`` in the config)
     generation is bandwidth-bound: every decode step reads the bf16 weights once;
@@ -62,34 +68,54 @@ HERE = Path(__file__).resolve().parent
 CONFIG_DIR = HERE / "configs"
 ARCHITECTURES_FILE = HERE / "architectures.json"
 
-MFU = 0.40
+# The one measurement behind these numbers (experiments/paper/measure_step.py's method,
+# run inline on the library at commit 6ac6f0d, jax 0.11.2): one NVIDIA H100 80GB, a
+# LLaMA-7B-wide model cut to 8 layers (1.88B parameters), 16 pairs x 512 tokens (the
+# paper's per-device batch), bf16 over float32, remat, AdamW, reference log-probs
+# given (cached; the in-step reference adds one forward, counted in the estimates).
+MEASURED = {
+    "device": "NVIDIA H100 80GB HBM3 (one)",
+    "model": "alpaca-7b-reproduced architecture, 8 layers, 1.88B parameters",
+    "pairs_x_length": "16 x 512",
+    "step_s": {"xla_attention": 0.513, "cudnn_attention": 0.468},
+    "mfu": {"xla_attention": 0.346, "cudnn_attention": 0.379},
+    "peak_memory_gb": 31.4,
+    "estimated_memory_gb": 43.6,  # train_estimate() of the same setup: an upper bound
+}
 GENERATION_BANDWIDTH_EFFICIENCY = 0.5
 TRAIN_ROWS = 26_900  # PKU-SafeRLHF-30K train split, about
 TEST_PROMPTS = 3_000  # its test split, about
 SCORE_MODEL_PARAMS = 6.74e9  # beaver-7b-unified-reward / -cost: LLaMA-7B score models
 BYTES_PER_GIB = 2**30
 BASIS = (
-    f"estimated from FLOPs and bytes with MFU {MFU:.0%} assumed (not measured); "
-    "see experiments/paper/estimates.py"
+    "estimated from FLOPs and bytes: MFU 40% assumed on TPU, 35% on H100 as measured for "
+    "this step on one H100; no full-scale run measured; see experiments/paper/estimates.py"
 )
 
 
 @dataclasses.dataclass(frozen=True)
 class Accelerator:
-    """One chip: dense bf16 peak, memory, memory bandwidth, chips per host (published specs)."""
+    """One chip: dense bf16 peak, memory, memory bandwidth, chips per host (published specs),
+    and the model FLOPs utilisation the estimates take for it."""
 
     name: str
     peak_tflops: float
     hbm_gib: float
     hbm_gbps: float
     chips_per_host: int
+    mfu: float
+
+    @property
+    def flops(self) -> float:
+        """Sustained model FLOP/s: peak times MFU."""
+        return self.peak_tflops * 1e12 * self.mfu
 
 
 # Cloud TPU slice names count TensorCores (2 per v4/v5p chip); GPUs are named by count.
 ACCELERATORS: dict[str, Accelerator] = {
-    "v5p": Accelerator("TPU v5p", 459.0, 95.0, 2765.0, 4),
-    "v4": Accelerator("TPU v4", 275.0, 32.0, 1200.0, 4),
-    "H100": Accelerator("NVIDIA H100 SXM 80GB", 989.0, 80e9 / BYTES_PER_GIB, 3350.0, 8),
+    "v5p": Accelerator("TPU v5p", 459.0, 95.0, 2765.0, 4, mfu=0.40),
+    "v4": Accelerator("TPU v4", 275.0, 32.0, 1200.0, 4, mfu=0.40),
+    "H100": Accelerator("NVIDIA H100 SXM 80GB", 989.0, 80e9 / BYTES_PER_GIB, 3350.0, 8, mfu=0.35),
 }
 
 
@@ -204,7 +230,7 @@ def train_estimate(
     tokens = batch * seqs_per_example * seq_len
     fwd = shape.forward_flops_per_token(seq_len) * tokens
     model_flops = 3 * fwd + (fwd if in_step else 0.0)
-    step_s = model_flops / (pod.chips * pod.accelerator.peak_tflops * 1e12 * MFU)
+    step_s = model_flops / (pod.chips * pod.accelerator.flops)
 
     shards = fsdp * tensor
     p = shape.params
@@ -245,13 +271,7 @@ def evaluate_estimate(
     bandwidth = chips * pod.accelerator.hbm_gbps * 1e9 * GENERATION_BANDWIDTH_EFFICIENCY
     generate_s = math.ceil(prompts / batch) * new_tokens * 2 * shape.params / bandwidth
     score_tokens = prompts * (new_tokens + 128)
-    score_s = (
-        2
-        * 2
-        * SCORE_MODEL_PARAMS
-        * score_tokens
-        / (chips * pod.accelerator.peak_tflops * 1e12 * MFU)
-    )
+    score_s = 4 * SCORE_MODEL_PARAMS * score_tokens / (chips * pod.accelerator.flops)
     kv_cache = batch * (new_tokens + 512) * shape.layers * 2 * shape.kv_heads * shape.head_dim * 2
     memory = max(2 * shape.params, 2 * SCORE_MODEL_PARAMS) / chips + kv_cache / chips
     return {
@@ -306,10 +326,17 @@ def markdown_table() -> str:
         "# Estimated time and memory of the paper configs",
         "",
         "Generated by `python experiments/paper/estimates.py --write`; do not edit by hand.",
-        f"Basis: {BASIS}. No full-scale run was measured here (no pod, no Hub access);",
-        "the assumptions and formulas are in the docstring of `estimates.py`. Train hours add",
-        "up every training stage of the config (SFT included); stages already done by another",
-        "config of the same group (the runner skips them) are counted in both.",
+        f"Basis: {BASIS}. The formulas and assumptions are in the docstring of `estimates.py`.",
+        "Train hours add up every training stage of the config (SFT included); stages that",
+        "another config of the same group already ran (the runner skips them) count in both.",
+        "",
+        "Measured (the only measurement): one H100, LLaMA-7B width cut to 8 layers (1.88B",
+        "parameters), 16 pairs x 512 tokens, bf16 over float32, remat, AdamW, reference",
+        f"log-probs given: {MEASURED['step_s']['xla_attention']} s/step with XLA attention",
+        f"(MFU {MEASURED['mfu']['xla_attention']:.1%}), "
+        f"{MEASURED['step_s']['cudnn_attention']} s with `--attention-impl cudnn`",
+        f"(MFU {MEASURED['mfu']['cudnn_attention']:.1%}); peak memory "
+        f"{MEASURED['peak_memory_gb']} GB against {MEASURED['estimated_memory_gb']} GB estimated.",
         "",
         "| config | model | params | pod | chips / hosts | peak GiB per chip (HBM) "
         "| s / step (main run) | train h | evaluate h |",
