@@ -26,12 +26,14 @@ directory that every host sees (NFS, Filestore, a gcsfuse-mounted bucket): check
 the exported SFT model are read back by every host.
 
 ``--dry-run`` runs the same commands at tiny scale in this process: each model becomes a
-random 2-layer model of the same family and switches (GQA ratio, tied embeddings, q/k/v
+random 1-layer model of the same family and switches (GQA ratio, tied embeddings, q/k/v
 biases, q/k norms, rope scaling, sliding window), the data the embedded sample, the mesh
 the config's (data, fsdp, tensor) layout scaled onto at most 8 CPU devices, and each
 training stage runs 2 steps (the SFT stage exports its tiny model, which the next stages
 load). It proves that every config parses through the trainer's command line, builds its
-mesh and compiles; the evaluation command is parsed by the evaluation command's parser.
+mesh and compiles. A stage whose model program was already compiled in this process (it
+differs only in constants such as delta, or in which pairs it trains on) is parsed, not
+compiled again. The evaluation command is parsed by the evaluation command's parser.
 """
 
 from __future__ import annotations
@@ -201,7 +203,7 @@ def header(config: Mapping[str, Any]) -> str:
 
 # ----------------------------------------------------------------------------- dry run
 def tiny_architecture(hf: Mapping[str, Any], max_length: int = DRY_RUN_LENGTH) -> dict[str, Any]:
-    """A 2-layer stand-in of ``hf`` with the same family switches and GQA ratio.
+    """A 1-layer stand-in of ``hf`` with the same family switches and GQA ratio.
 
     Vocabulary and special tokens are left out (the dry run's tokenizer gives them).
 
@@ -219,7 +221,7 @@ def tiny_architecture(hf: Mapping[str, Any], max_length: int = DRY_RUN_LENGTH) -
     out.update(
         hidden_size=heads_tiny * head_dim,
         intermediate_size=2 * heads_tiny * head_dim,
-        num_hidden_layers=2,
+        num_hidden_layers=1,
         num_attention_heads=heads_tiny,
         num_key_value_heads=kv_tiny,
         head_dim=head_dim,
@@ -294,7 +296,6 @@ def dry_run(config: Mapping[str, Any], work_dir: str | Path | None = None) -> li
     work_dir.mkdir(parents=True, exist_ok=True)
     fields_of = stage_fields(config, work_dir / config["group"])
     results: list[dict[str, Any]] = []
-    compiled: dict[tuple, str] = {}
     for stage in plan(config, work_dir):
         if stage.kind == "evaluate":
             results.append({"stage": stage.name, "parsed": _parse_evaluate(stage.argv)})
@@ -303,14 +304,13 @@ def dry_run(config: Mapping[str, Any], work_dir: str | Path | None = None) -> li
         train_config, _ = parse_args([*stage.argv, *flags])
         summary = {"stage": stage.name, "config": train_config}
         key = program_key(train_config)
-        if key in compiled:
-            # Same compiled program up to constants (delta, learning rate, ...): parsed only.
-            summary["same_program_as"] = compiled[key]
+        if key in COMPILED:
+            summary["same_program_as"] = COMPILED[key]
             results.append(summary)
-            print(f"dry run {config['name']}/{stage.name}: parsed; compiles as "
-                  f"{compiled[key]} (only values differ)", flush=True)  # fmt: skip
+            print(f"dry run {config['name']}/{stage.name}: parsed; the same model program "
+                  f"as {COMPILED[key]}, already compiled", flush=True)  # fmt: skip
             continue
-        compiled[key] = stage.name
+        COMPILED[key] = f"{config['name']}/{stage.name}"
         result = train(train_config)
         summary.update(step=result.step, loss=result.metrics["loss"])
         results.append(summary)
@@ -319,20 +319,24 @@ def dry_run(config: Mapping[str, Any], work_dir: str | Path | None = None) -> li
     return results
 
 
-# Fields that only change constants of the compiled step, not its structure.
+# Fields that leave the dry run's model program as it is: constants of the step (delta,
+# learning rate, ...), paths, and ``pairs``, which picks the pairs and the loss kernel's
+# safe or plain branch (both branches are compiled by the trainer's own tests).
 VALUE_FIELDS = frozenset(
     {
         "beta", "delta", "label_smoothing", "learning_rate", "warmup_ratio", "weight_decay",
-        "adam_b1", "adam_b2", "adam_eps", "max_grad_norm", "epochs", "seed", "output_dir",
+        "adam_b1", "adam_b2", "adam_eps", "max_grad_norm", "epochs", "seed", "pairs",
+        "output_dir", "ref_cache_dir",
     }
 )  # fmt: skip
+# Model programs compiled by dry runs in this process: key -> "config/stage".
+COMPILED: dict[tuple, str] = {}
 
 
 def program_key(config: Any) -> tuple:
-    """What decides the dry run's compiled programs: every field but `VALUE_FIELDS`, with
-    the three plain-DPO pair constructions (same kernel, other pairs) as one."""
+    """What decides a dry run's compiled model program: every field but `VALUE_FIELDS`
+    (the tiny architecture by content, the SFT export by path)."""
     fields = dataclasses.asdict(config)
-    fields["pairs"] = "safedpo" if fields["pairs"] == "safedpo" else "plain"
     return tuple(sorted((k, repr(v)) for k, v in fields.items() if k not in VALUE_FIELDS))
 
 
