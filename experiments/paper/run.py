@@ -190,7 +190,7 @@ def header(config: Mapping[str, Any]) -> str:
     lines = [f"{config['name']}: {config['about']}", ""]
     expect = config.get("expect", {})
     if expect:
-        lines.append(f"expected ({expect['basis']}):")
+        lines.append(f"expected; {expect['basis']}:")
         for pod in config["pods"]:
             e = expect[pod]
             lines.append(
