@@ -132,9 +132,14 @@ def train_method(
 
 
 def evaluate_policies(
-    setup: WorldSetup, policies: dict[str, Path], output_dir: Path, *, anchors: bool = True
+    setup: WorldSetup,
+    policies: dict[str, Path],
+    output_dir: Path,
+    *,
+    anchors: bool = True,
+    report_dir: str = "eval",
 ) -> dict[str, dict[str, Any]]:
-    """Exact and sampled metrics of each policy on the test prompts; writes ``eval/``."""
+    """Exact and sampled metrics of each policy on the test prompts; writes ``report_dir``."""
     tokenizer = load_tokenizer("sample")
     prompts = load_prompts("sample", split="test")
     sets = synthetic_candidate_sets([p.text for p in prompts])
@@ -157,7 +162,7 @@ def evaluate_policies(
                 batch_size=60,
             )
     report = write_report(
-        output_dir / "eval",
+        output_dir / report_dir,
         records,
         sft_run=REFERENCE if anchors and REFERENCE in records else None,
         helpful_run="DPO-HELPFUL" if anchors and REFERENCE in records else None,
