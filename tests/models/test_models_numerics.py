@@ -71,6 +71,27 @@ def test_remat_gives_identical_logits_and_gradients(model, remat):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6, rtol=1e-6)
 
 
+def test_remat_under_plain_jax_grad_beside_a_frozen_copy(model):
+    # The train step's pattern: inside `jax.grad` (not `nnx.grad`) it merges the policy from
+    # the differentiated parameters and the frozen reference from parameters traced one
+    # level up (the jit's arguments). Rematerialised blocks must work there (`nnx.remat`
+    # did not: it writes state back across trace levels) and change nothing.
+    def grads(m):
+        graphdef, params, rest = nnx.split(m, nnx.Param, ...)
+
+        def loss(p, frozen):
+            ref = jax.lax.stop_gradient(_loss(nnx.merge(graphdef, frozen, rest), IDS, MASK))
+            return _loss(nnx.merge(graphdef, p, rest), IDS, MASK) - ref
+
+        return jax.jit(lambda p, frozen: jax.grad(loss)(p, frozen))(params, params)
+
+    want = grads(model)
+    for remat in (True, "dots_with_no_batch_dims_saveable"):
+        got = grads(_variant(model, remat=remat))
+        for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
+            np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6, rtol=1e-6)
+
+
 def test_padding_is_finite_and_does_not_leak(model):
     logits = np.asarray(_forward(model, IDS, MASK))
     assert np.isfinite(logits).all()
