@@ -6,7 +6,8 @@ Conventions (RESULTS.md repeats them):
   (compilation, warm-up) are reported apart and left out; figures are medians.
 - Peak memory: the resident-set high-water mark (``VmHWM``) of a fresh subprocess per
   configuration (XLA's CPU client keeps no device memory statistics), reset after the
-  warm-up so that compilation and start-up are left out: the peak of the steps alone.
+  warm-up (and after ``malloc_trim`` returns freed heap pages) so that compilation and
+  start-up are left out: the peak of the steps alone, runtime and weights included.
 - FLOPs (`train_flops`): matmul FLOPs of the model as executed: ``2 * N`` per token for a
   forward pass and ``6 * N`` for forward and backward, N the matmul parameters (every
   weight except the input embedding, which is a gather; the LM head counts), plus
@@ -19,6 +20,7 @@ Conventions (RESULTS.md repeats them):
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -95,8 +97,12 @@ def train_flops(config: dict[str, Any], rows: int, length: int, *, reference: bo
     return float(policy + ref)
 
 
-def matmul_peak_gflops(n: int = 2048, repeats: int = 3) -> float:
-    """One reading of dense float32 matmul throughput through XLA (median of ``repeats``)."""
+def matmul_peak_gflops(n: int = 2048, repeats: int = 3) -> tuple[float, float]:
+    """One reading of dense float32 matmul throughput through XLA (median of ``repeats``).
+
+    Returns (GFLOP/s by wall clock, GFLOP/s by process CPU time over all cores): the
+    second is what the cores deliver while this process runs, whatever else shares them.
+    """
     import jax
     import jax.numpy as jnp
 
@@ -105,12 +111,10 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 3) -> float:
     b = jax.random.normal(key_b, (n, n), jnp.float32)
     f = jax.jit(jnp.matmul)
     f(a, b).block_until_ready()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        f(a, b).block_until_ready()
-        times.append(time.perf_counter() - start)
-    return 2 * n**3 / statistics.median(times) / 1e9
+    runs = [timed_cpu(lambda: f(a, b).block_until_ready()) for _ in range(repeats)]
+    wall = median([w for w, _ in runs])
+    cpu = median([c for _, c in runs]) / os.cpu_count()
+    return 2 * n**3 / wall / 1e9, 2 * n**3 / cpu / 1e9
 
 
 def timed(fn: Callable[[], Any]) -> float:
@@ -118,6 +122,13 @@ def timed(fn: Callable[[], Any]) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+def timed_cpu(fn: Callable[[], Any]) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds over all threads) of one call."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def median(values: list[float]) -> float:
@@ -142,7 +153,13 @@ def peak_rss_mib() -> float:
 
 
 def reset_peak_rss() -> None:
-    """Resets the high-water mark to the current resident set (Linux ``clear_refs`` 5)."""
+    """Hands freed heap pages back (glibc ``malloc_trim``), then resets the high-water mark
+    to the current resident set (Linux ``clear_refs`` 5): memory that compilation or
+    start-up freed but the allocator kept stops counting."""
+    import ctypes
+
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
     Path("/proc/self/clear_refs").write_text("5")
 
 
@@ -245,7 +262,7 @@ class RandomBatchStep:
         self.state = self.setup.state
         self.mesh, self.jax = mesh, jax
         self.flops = train_flops(self.hf, 2 * b, t, reference=not cached)
-        self.times: list[float] = []
+        self.times: list[tuple[float, float]] = []
         self.compile_s = timed(self)
 
     def __call__(self) -> None:

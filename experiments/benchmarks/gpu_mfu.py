@@ -10,7 +10,7 @@ default ``"highest"`` pins float32 matmuls to full float32, which a bf16 run doe
 want (`gpu_checks.py` times what it costs); no rematerialisation by default. The step is
 the library's (`setup_step`, DPO "helpful" pairs, reference in the step, global-norm
 clipping, AdamW) on random ids with no padding; the log-probs chunk automatically
-(128256 x 2048 x 4 rows of float32 logits exceed the 256 MiB budget: 16 chunks).
+(4 rows x 2048 x 128256 float32 logits take 4 GiB: 16 chunks of 128 positions, 256 MiB each).
 
 FLOPs as `_common.train_flops` counts them (``8 N`` per token with the reference in the
 step, attention over all T^2 scores: the boolean causal-and-padding mask reaches cuDNN as
@@ -23,7 +23,9 @@ a bias, so no block is skipped); MFU against the dense bf16 peak of the datashee
 
 It runs the checks of `gpu_checks.py` first (``--no-checks`` skips them), then each
 configuration ``pairs x tokens`` while the time budget lasts (an out-of-memory
-configuration is reported and skipped). The last line is one JSON object.
+configuration is reported and skipped). Should the cuDNN check fail with an error, the
+configurations run with XLA attention and rematerialised blocks instead, and the JSON
+says so (``attention_impl``, ``remat``). The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -185,6 +187,11 @@ def main(argv: list[str] | None = None) -> None:
     print("machine: " + json.dumps(info), flush=True)
     checks = {} if args.no_checks else gpu_checks.run_checks(args.smoke)
     measured_peak = (checks.get("matmuls") or {}).get("bfloat16_default_tflops")
+    if args.attention == "cudnn" and "error" in checks.get("logits", {}):
+        # cuDNN attention does not run here: measure with XLA attention instead (its
+        # [B, N, T, T] scores need rematerialised blocks to fit), and say so.
+        print("cuDNN attention failed its check: falling back to XLA attention + remat")
+        args.attention, args.remat = "xla", "true"
     hf = SMOKE if args.smoke else ONE_B
     configs: dict[str, Any] = {}
     for spec in args.configs.split(","):

@@ -10,7 +10,9 @@ plus attention's matmuls; norms, softmax, log-softmax and the optimizer not coun
 
 The peak is dense float32 matmul throughput through XLA (2048^3) measured in the same
 run, interleaved with the steps: every round times the peak, then one step of each
-configuration; MFU = (FLOPs / median step time) / median peak.
+configuration; MFU = (FLOPs / median step time) / median peak. Beside it, the same ratio
+by process CPU time (``mfu_cpu_time``: FLOPs over CPU seconds per core, against the peak
+measured the same way), which stays put when other processes share the cores.
 
     PYTHONPATH=. python experiments/benchmarks/mfu.py            # a few minutes
     PYTHONPATH=. python experiments/benchmarks/mfu.py --smoke    # seconds
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from typing import Any
 
 import _common as C
@@ -51,28 +54,33 @@ def main(argv: list[str] | None = None) -> None:
     info = C.machine()
     print("machine: " + json.dumps(info), flush=True)
     steps = [C.RandomBatchStep(spec, args.size, VOCAB) for spec in args.configs.split(",")]
-    peaks: list[float] = []
+    peaks: list[tuple[float, float]] = []
     for r in range(args.rounds):
         peaks.append(C.matmul_peak_gflops())
         for s in steps:
-            s.times.append(C.timed(s))
+            s.times.append(C.timed_cpu(s))
         print(
-            f"round {r}: peak {peaks[-1]:.0f} GFLOP/s, steps "
-            + ", ".join(f"{s.spec} {s.times[-1]:.3f}s" for s in steps),
+            f"round {r}: peak {peaks[-1][0]:.0f} GFLOP/s, steps "
+            + ", ".join(f"{s.spec} {s.times[-1][0]:.3f}s" for s in steps),
             flush=True,
         )
-    peak = C.median(peaks)
+    peak = C.median([w for w, _ in peaks])
+    peak_cpu = C.median([c for _, c in peaks])
+    cores = os.cpu_count()
     configs: dict[str, Any] = {}
     for s in steps:
-        t = C.median(s.times)
+        t = C.median([w for w, _ in s.times])
+        t_cpu = C.median([c for _, c in s.times]) / cores
         configs[s.spec] = {
             "pairs": s.b,
             "length": s.t,
             "step_s": t,
+            "step_cpu_s_per_core": t_cpu,
             "compile_s": s.compile_s,
             "model_gflop": s.flops / 1e9,
             "achieved_gflops": s.flops / t / 1e9,
             "mfu": s.flops / t / 1e9 / peak,
+            "mfu_cpu_time": s.flops / t_cpu / 1e9 / peak_cpu,
             "tokens_per_s": 2 * s.b * s.t / t,
         }
     best = max(configs, key=lambda k: configs[k]["mfu"])
@@ -81,7 +89,9 @@ def main(argv: list[str] | None = None) -> None:
             "mfu": configs[best]["mfu"],
             "best_config": best,
             "peak_gflops": peak,
-            "peak_gflops_range": [min(peaks), max(peaks)],
+            "peak_gflops_range": [min(w for w, _ in peaks), max(w for w, _ in peaks)],
+            "peak_gflops_cpu_time": peak_cpu,
+            "mfu_cpu_time": configs[best]["mfu_cpu_time"],
             "params": C.matmul_params(steps[0].hf) + VOCAB * steps[0].hf["hidden_size"],
             "matmul_params": C.matmul_params(steps[0].hf),
             "configs": configs,

@@ -20,7 +20,12 @@ Timing is interleaved step by step in one process: a TRL callback runs one of ou
 steps and one of our SafeDPO steps at the end of every TRL step, so the three share the
 machine's load. A TRL step is the time from the end of our steps to TRL's next step end
 (data loading, collation, forward, backward, clipping, AdamW, logging). The first
-``--warmup`` steps of each side are left out (ours: compilation, reported apart).
+``--warmup`` steps of each side are left out (ours: compilation, reported apart). Each
+step's process CPU time is recorded too (``cpu_speedup``: the ratio of CPU seconds, which
+other processes on the cores disturb less than wall time). TRL runs once per
+``--torch-threads`` count (2 and 1) with ``OMP_WAIT_POLICY=PASSIVE``, and the faster run
+is its figure: the peer's best setting on this machine (with libgomp's default spinning,
+a descheduled thread made TRL's tiny step 25x slower whenever other processes ran).
 Peak memory comes from one subprocess per side and mode (see `_common`).
 
 The first-step loss of both sides must agree (``--loss-rtol``): a correctness cross-check.
@@ -291,21 +296,23 @@ def interleave(times: dict[str, list[float]], ours: dict[str, Any]) -> Any:
     """A TRL callback that runs each of ``ours`` once after every TRL step and times all.
 
     A TRL step's time runs from the end of our steps to TRL's next step end, so it holds
-    everything TRL does per step (data, forward, backward, optimizer, logging).
+    everything TRL does per step (data, forward, backward, optimizer, logging). Each entry
+    is (wall seconds, process CPU seconds).
     """
     from transformers import TrainerCallback
 
     class Interleave(TrainerCallback):
-        resume = 0.0
+        resume = (0.0, 0.0)
 
         def on_train_begin(self, *a: Any, **k: Any) -> None:
-            self.resume = time.perf_counter()
+            self.resume = (time.perf_counter(), time.process_time())
 
         def on_step_end(self, *a: Any, **k: Any) -> None:
-            times["trl"].append(time.perf_counter() - self.resume)
+            wall, cpu = self.resume
+            times["trl"].append((time.perf_counter() - wall, time.process_time() - cpu))
             for name, step in ours.items():
-                times[name].append(C.timed(step))
-            self.resume = time.perf_counter()
+                times[name].append(C.timed_cpu(step))
+            self.resume = (time.perf_counter(), time.process_time())
 
     return Interleave()
 
@@ -350,24 +357,27 @@ def run_size(size: str, args: argparse.Namespace, workdir: Path) -> dict[str, An
 
         import torch
 
-        times: dict[str, list[float]] = {"ours": [], "safedpo": []}
-        trl_med: dict[int, float] = {}
+        times: dict[str, list[tuple[float, float]]] = {"ours": [], "safedpo": []}
+        trl_runs: dict[int, list[tuple[float, float]]] = {}
         for threads in (int(x) for x in args.torch_threads.split(",")):
             torch.set_num_threads(threads)
             trainer = make_trl(weights, tokenizer, dataset, mode, b, t, steps, str(workdir / "trl"))
             checked = check_tokens(trainer, batches)
-            run: dict[str, list[float]] = {"trl": [], "ours": [], "safedpo": []}
+            run: dict[str, list[tuple[float, float]]] = {"trl": [], "ours": [], "safedpo": []}
             trainer.add_callback(interleave(run, {"ours": ours.step, "safedpo": safe.step}))
             trainer.train()
             log = [r for r in trainer.state.log_history if "loss" in r]
             trl_first = float(log[0]["loss"])
             trl_logps = (float(log[0]["logps/chosen"]), float(log[0]["logps/rejected"]))
-            trl_med[threads] = C.median(run["trl"][args.warmup :])
-            trl_first_step = run["trl"][0]
+            trl_runs[threads] = run["trl"][args.warmup :]
+            trl_first_step = run["trl"][0][0]
             for k in ("ours", "safedpo"):
                 times[k] += run[k][args.warmup :]
+        trl_med = {n: C.median([w for w, _ in v]) for n, v in trl_runs.items()}
         best_threads = min(trl_med, key=trl_med.get)
-        med = {k: C.median(v) for k, v in times.items()} | {"trl": trl_med[best_threads]}
+        times["trl"] = trl_runs[best_threads]
+        med = {k: C.median([w for w, _ in v]) for k, v in times.items()}
+        cpu = {k: C.median([c for _, c in v]) for k, v in times.items()}
         r = {
             "ours_step_s": med["ours"],
             "trl_step_s": med["trl"],
@@ -378,6 +388,9 @@ def run_size(size: str, args: argparse.Namespace, workdir: Path) -> dict[str, An
             "trl_tokens_per_s": tokens / med["trl"],
             "safedpo_tokens_per_s": tokens / med["safedpo"],
             "speedup": med["trl"] / med["ours"],
+            "ours_cpu_s": cpu["ours"],
+            "trl_cpu_s": cpu["trl"],
+            "cpu_speedup": cpu["trl"] / cpu["ours"],
             "ours_compile_s": compile_s,
             "safedpo_compile_s": safe_compile_s,
             "trl_first_step_s": trl_first_step,
@@ -403,7 +416,9 @@ def run_size(size: str, args: argparse.Namespace, workdir: Path) -> dict[str, An
                 )
                 r[f"{side}_peak_rss_mib"] = child["peak_rss_mib"]
                 r[f"{side}_rss_before_mib"] = child["rss_before_mib"]
+                r[f"{side}_training_rss_mib"] = child["peak_rss_mib"] - child["rss_before_mib"]
             r["memory_ratio"] = r["trl_peak_rss_mib"] / r["ours_peak_rss_mib"]
+            r["training_memory_ratio"] = r["trl_training_rss_mib"] / r["ours_training_rss_mib"]
         result[mode] = r
         print(f"[{size}/{mode}] " + json.dumps({k: v for k, v in r.items()}), flush=True)
     return result

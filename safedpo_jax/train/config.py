@@ -71,8 +71,8 @@ class TrainConfig:
       logprob_chunk_size: positions per chunk of the memory-efficient log-prob path
         (`safedpo_jax.losses.chunked_sequence_logprobs`); 0 materialises the full
         [2B, T, V] float32 logits; None (the default) decides per shape: full logits while
-        one device's block of them fits in 256 MiB, else the fewest chunks that do
-        (`safedpo_jax.train.step.auto_chunk_size`).
+        one device's share of them takes at most 32 MiB, else the fewest chunks of at
+        most 256 MiB each (`safedpo_jax.train.step.auto_chunk_size`).
 
     Optimisation
       batch_size: pairs per optimizer step, over all devices and hosts.

@@ -154,30 +154,35 @@ def state_shardings(state: TrainState) -> TrainState:
 # --------------------------------------------------------------------------------------
 
 
-# The auto rule of `TrainConfig.logprob_chunk_size`: full logits while a device's float32
-# [rows, T, V] block stays under this many bytes; chunks of about this size beyond it.
-# experiments/benchmarks/logprob_memory.py measures the trade (RESULTS.md).
-LOGITS_BUDGET_BYTES = 256 * 2**20
+# The auto rule of `TrainConfig.logprob_chunk_size` (experiments/benchmarks/logprob_memory.py
+# and RESULTS.md hold the measurements behind it): a device's float32 [rows, T, V] logits
+# stay whole up to LOGITS_FULL_MAX_BYTES; beyond, the chunked path runs with the fewest
+# chunks whose blocks hold at most LOGITS_CHUNK_BYTES each. On 2 CPU cores the chunked
+# path was never slower than full logits from 125 MiB of logits up (0.45 to 0.77 of the
+# time, blocks of 32 to 512 MiB alike) and needed 2 to 9x less memory from 250 MiB up.
+LOGITS_FULL_MAX_BYTES = 32 * 2**20
+LOGITS_CHUNK_BYTES = 256 * 2**20
 
 
-def auto_chunk_size(rows: int, length: int, vocab: int, *, budget_bytes: int | None = None) -> int:
+def auto_chunk_size(rows: int, length: int, vocab: int) -> int:
     """Positions per log-prob chunk for ``rows`` sequences of ``length`` on one device (0 = full).
 
-    Full logits while their float32 ``[rows, length, vocab]`` block fits in ``budget_bytes``
-    (default `LOGITS_BUDGET_BYTES`; chunking then only adds the rematerialised projection);
-    otherwise the fewest equal chunks whose blocks fit, each rounded up to a multiple of 8
-    positions.
+    Full logits while their float32 ``[rows, length, vocab]`` block takes at most
+    `LOGITS_FULL_MAX_BYTES`; otherwise the fewest equal chunks whose blocks take at most
+    `LOGITS_CHUNK_BYTES` (large blocks keep the projection's matmuls large), each rounded
+    up to a multiple of 8 positions.
 
-    >>> auto_chunk_size(64, 64, 678)  # the tiny preset: 11 MB of logits
+    >>> auto_chunk_size(64, 64, 678)  # the tiny preset: 11 MiB of logits
     0
+    >>> auto_chunk_size(2, 512, 32000)  # 125 MiB: one rematerialised chunk
+    512
     >>> auto_chunk_size(4, 2048, 128256)  # two pairs of 2k tokens, Llama 3's vocabulary
     128
     """
-    budget_bytes = LOGITS_BUDGET_BYTES if budget_bytes is None else budget_bytes
     full = 4 * rows * length * vocab
-    if full <= budget_bytes:
+    if full <= LOGITS_FULL_MAX_BYTES:
         return 0
-    n_chunks = math.ceil(full / budget_bytes)
+    n_chunks = math.ceil(full / LOGITS_CHUNK_BYTES)
     return min(length, 8 * math.ceil(math.ceil(length / n_chunks) / 8))
 
 

@@ -95,21 +95,23 @@ def test_setup_step_without_reference_copies_the_policy(mesh):
 
 
 def test_auto_chunk_size_rule():
-    budget = steps.LOGITS_BUDGET_BYTES
     assert steps.auto_chunk_size(8, 64, 678) == 0  # small logits: full
-    for rows, length, vocab in [(4, 2048, 128256), (32, 512, 32000), (2, 4096, 256000)]:
+    for rows, length, vocab in [(2, 512, 32000), (4, 2048, 128256), (32, 512, 32000)]:
         c = steps.auto_chunk_size(rows, length, vocab)
         assert 0 < c <= length and c % 8 == 0
-        # a block of c positions fits the budget up to the multiple-of-8 rounding
-        assert 4 * rows * (c - 8) * vocab <= budget
-    assert steps.auto_chunk_size(1, 100, 10, budget_bytes=1) == 8
+        # a block of c positions fits, up to the multiple-of-8 rounding, and is not
+        # needlessly small: one chunk fewer would not fit
+        assert 4 * rows * (c - 8) * vocab <= steps.LOGITS_CHUNK_BYTES
+        n = -(-length // c)
+        assert n == 1 or 4 * rows * -(-length // (n - 1)) * vocab > steps.LOGITS_CHUNK_BYTES
 
 
-@pytest.mark.parametrize("budget", [None, 4 * 2 * B * 8 * 64])  # default: full; small: 2 chunks
-def test_auto_chunked_log_probs_equal_full(mesh, monkeypatch, budget):
-    if budget is not None:
-        monkeypatch.setattr(steps, "LOGITS_BUDGET_BYTES", budget)
-        assert steps.auto_chunk_size(2 * B, T, 64) not in (0, T)
+@pytest.mark.parametrize("chunked", [False, True])
+def test_auto_chunked_log_probs_equal_full(mesh, monkeypatch, chunked):
+    if chunked:  # shrink the thresholds so that this micro model gets 2 chunks
+        monkeypatch.setattr(steps, "LOGITS_FULL_MAX_BYTES", 1)
+        monkeypatch.setattr(steps, "LOGITS_CHUNK_BYTES", 4 * 2 * B * 8 * 64)
+    assert steps.auto_chunk_size(2 * B, T, 64) == (8 if chunked else 0)
     graphdef, params, rest = nnx.split(build(mesh, 0), nnx.Param, ...)
     b = batch()
 
