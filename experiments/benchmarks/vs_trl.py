@@ -26,6 +26,8 @@ other processes on the cores disturb less than wall time). TRL runs once per
 ``--torch-threads`` count (2 and 1) with ``OMP_WAIT_POLICY=PASSIVE``, and the faster run
 is its figure: the peer's best setting on this machine (with libgomp's default spinning,
 a descheduled thread made TRL's tiny step 25x slower whenever other processes ran).
+A side figure times TRL once more with its default activation checkpointing on
+(``speedup_vs_trl_checkpointing``; not like for like: it recomputes the forward pass).
 Peak memory comes from one subprocess per side and mode (see `_common`).
 
 The first-step loss of both sides must agree (``--loss-rtol``): a correctness cross-check.
@@ -70,6 +72,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--torch-threads", default="2,1", help="TRL runs once per count; the faster one counts"
     )
+    p.add_argument(
+        "--trl-checkpointing",
+        type=int,
+        default=1,
+        help="1: also time TRL with its default activation checkpointing (a side figure)",
+    )
     p.add_argument("--smoke", action="store_true", help="tiny only, few steps, no memory")
     # internal: one side in a subprocess, for its peak memory
     p.add_argument("--child", choices=("ours", "trl"), help=argparse.SUPPRESS)
@@ -79,7 +87,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.smoke:
         args.sizes, args.steps, args.warmup, args.memory = "tiny", "tiny=2,small=2", 1, 0
-        args.batch, args.torch_threads = "tiny=4,small=4", "1"
+        args.batch, args.torch_threads, args.trl_checkpointing = "tiny=4,small=4", "1", 0
     return args
 
 
@@ -244,7 +252,16 @@ class Ours:
 
 
 def make_trl(
-    weights: Path, tokenizer: Any, dataset: Any, mode: str, b: int, t: int, steps: int, out: str
+    weights: Path,
+    tokenizer: Any,
+    dataset: Any,
+    mode: str,
+    b: int,
+    t: int,
+    steps: int,
+    out: str,
+    *,
+    gradient_checkpointing: bool = False,
 ) -> Any:
     import torch
     import transformers
@@ -272,7 +289,7 @@ def make_trl(
         max_length=t,
         pad_to_multiple_of=t,
         precompute_ref_log_probs=mode == "cached",
-        gradient_checkpointing=False,
+        gradient_checkpointing=gradient_checkpointing,
         bf16=False,
         use_cpu=True,
         report_to=[],
@@ -375,6 +392,19 @@ def run_size(size: str, args: argparse.Namespace, workdir: Path) -> dict[str, An
                 times[k] += run[k][args.warmup :]
         trl_med = {n: C.median([w for w, _ in v]) for n, v in trl_runs.items()}
         best_threads = min(trl_med, key=trl_med.get)
+        trl_gc = None
+        if args.trl_checkpointing:  # TRL's default: activation checkpointing on
+            torch.set_num_threads(best_threads)
+            trainer = make_trl(
+                weights, tokenizer, dataset, mode, b, t, steps, str(workdir / "trl"),
+                gradient_checkpointing=True,
+            )  # fmt: skip
+            run = {"trl": [], "ours": [], "safedpo": []}
+            trainer.add_callback(interleave(run, {"ours": ours.step, "safedpo": safe.step}))
+            trainer.train()
+            trl_gc = C.median([w for w, _ in run["trl"][args.warmup :]])
+            for k in ("ours", "safedpo"):
+                times[k] += run[k][args.warmup :]
         times["trl"] = trl_runs[best_threads]
         med = {k: C.median([w for w, _ in v]) for k, v in times.items()}
         cpu = {k: C.median([c for _, c in v]) for k, v in times.items()}
@@ -395,6 +425,8 @@ def run_size(size: str, args: argparse.Namespace, workdir: Path) -> dict[str, An
             "safedpo_compile_s": safe_compile_s,
             "trl_first_step_s": trl_first_step,
             "trl_step_s_by_threads": trl_med,
+            "trl_checkpointing_step_s": trl_gc,
+            "speedup_vs_trl_checkpointing": None if trl_gc is None else trl_gc / med["ours"],
             "trl_threads": best_threads,
             "ours_first_loss": ours_first,
             "trl_first_loss": trl_first,
