@@ -62,3 +62,8 @@ def test_vs_trl_smoke():
     for key in ("ours_tokens_per_s", "trl_tokens_per_s", "speedup"):
         assert result[key] > 0
     assert result["ours_first_loss"] == pytest.approx(result["trl_first_loss"], rel=1e-4)
+
+
+def test_dense_layout_smoke():
+    result = run_smoke("dense_layout.py")
+    assert result["grads_equal"]

@@ -73,6 +73,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--torch-threads", default="2,1", help="TRL runs once per count; the faster one counts"
     )
     p.add_argument(
+        "--omp-wait-policy",
+        default="PASSIVE",
+        help="OMP_WAIT_POLICY for torch (PASSIVE, ACTIVE, or default: leave it unset)",
+    )
+    p.add_argument(
         "--trl-checkpointing",
         type=int,
         default=1,
@@ -499,7 +504,8 @@ def main(argv: list[str] | None = None) -> None:
     # libgomp's threads spin at barriers by default; when another process holds a core, a
     # spinning thread waits a scheduler quantum for a descheduled one and TRL's tiny-model
     # step took 2 s instead of 0.08 s here. Passive waiting is the peer's best setting.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if args.omp_wait_policy != "default":
+        os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy
     import torch
 
     info = C.machine() | {"torch": torch.__version__, "torch_threads": torch.get_num_threads()}
