@@ -81,9 +81,9 @@ def _dense(x: Array, w: Array, *, contract: int = 1) -> Array:
     The last ``contract`` axes of ``x`` meet the first ``contract`` axes of ``w``; every
     leading axis of ``x`` (batch, time) is flattened into the rows, so the weight gradient
     contracts a single axis. An einsum over ``[b, t, ...]`` makes it contract two, and XLA's
-    CPU backend then inserts slow transposing copies before that matmul (measured on 2 CPU
-    cores: a SwiGLU MLP's forward and backward ran at 45% of the matmul peak as
-    ``btd,df->btf`` einsums and at 86% as 2-D matmuls; see experiments/benchmarks/).
+    CPU backend then inserts slow transposing copies before that matmul (on 2 CPU cores a
+    SwiGLU MLP's forward and backward ran at 50% of the matmul peak as ``btd,df->btf``
+    einsums and at 92% as 2-D matmuls: experiments/benchmarks/dense_layout.py).
     """
     lead, n_shape = x.shape[: x.ndim - contract], w.shape[contract:]
     k = math.prod(w.shape[:contract])
