@@ -75,7 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--remat", default="false", help="false, true or a checkpoint policy name")
     p.add_argument("--attention", default="cudnn", help="attention_impl: cudnn or xla")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 datasheet peak")
-    p.add_argument("--budget-s", type=float, default=200.0, help="start no config after this")
+    p.add_argument("--budget-s", type=float, default=150.0, help="start no config after this")
     p.add_argument("--no-checks", action="store_true")
     p.add_argument("--smoke", action="store_true", help="a tiny model on any backend")
     args = p.parse_args(argv)
