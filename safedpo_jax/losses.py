@@ -579,9 +579,12 @@ def chunked_sequence_logprobs(
 
     @jax.checkpoint
     def chunk_logps(h_cd: Array, ids_c: Array, mask_c: Array) -> Array:
-        logits_cv = jnp.einsum(
-            "...cd,dv->...cv", h_cd, w_dv.astype(h_cd.dtype), preferred_element_type=jnp.float32
+        # One 2-D matmul over the flattened rows: a contraction over two axes (lead and
+        # chunk) in the weight gradient costs transposing copies on XLA's CPU backend.
+        logits_rv = jnp.matmul(
+            h_cd.reshape(-1, d), w_dv.astype(h_cd.dtype), preferred_element_type=jnp.float32
         )
+        logits_cv = logits_rv.reshape(*h_cd.shape[:-1], w_dv.shape[1])
         return sequence_logprobs(logits_cv, ids_c, mask_c)
 
     def body(total: Array, chunk: tuple[Array, Array, Array]) -> tuple[Array, None]:

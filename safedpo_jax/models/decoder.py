@@ -39,6 +39,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -72,6 +73,22 @@ def _precision(precision: str | None) -> contextlib.AbstractContextManager:
     return (
         contextlib.nullcontext() if precision is None else jax.default_matmul_precision(precision)
     )
+
+
+def _dense(x: Array, w: Array, *, contract: int = 1) -> Array:
+    """``x[..., K...] . w[K..., N...]`` as one 2-D matmul over flattened rows.
+
+    The last ``contract`` axes of ``x`` meet the first ``contract`` axes of ``w``; every
+    leading axis of ``x`` (batch, time) is flattened into the rows, so the weight gradient
+    contracts a single axis. An einsum over ``[b, t, ...]`` makes it contract two, and XLA's
+    CPU backend then inserts slow transposing copies before that matmul (on 2 CPU cores a
+    SwiGLU MLP's forward and backward ran at 50% of the matmul peak as ``btd,df->btf``
+    einsums and at 92% as 2-D matmuls: experiments/benchmarks/dense_layout.py).
+    """
+    lead, n_shape = x.shape[: x.ndim - contract], w.shape[contract:]
+    k = math.prod(w.shape[:contract])
+    y_rn = jnp.matmul(x.reshape(-1, k), w.reshape(k, -1))
+    return y_rn.reshape(*lead, *n_shape)
 
 
 def _window_key(window: int | None) -> str:
@@ -208,7 +225,7 @@ class Attention(nnx.Module):
         self.attention_impl = attention_impl
 
     def _project(self, x_btd: Array, w: nnx.Param, b: nnx.Param | None) -> Array:
-        y = jnp.einsum("btd,dnh->btnh", x_btd, w[...].astype(self.dtype))
+        y = _dense(x_btd, w[...].astype(self.dtype))  # btd,dnh->btnh
         return y if b is None else y + b[...].astype(self.dtype)
 
     def __call__(
@@ -243,7 +260,7 @@ class Attention(nnx.Module):
             mask=mask_b1ts,
             implementation=self.attention_impl,
         )
-        y_btd = jnp.einsum("btnh,nhd->btd", out_btnh, self.o_proj[...].astype(self.dtype))
+        y_btd = _dense(out_btnh, self.o_proj[...].astype(self.dtype), contract=2)  # btnh,nhd->btd
         if self.o_bias is not None:
             y_btd = y_btd + self.o_bias[...].astype(self.dtype)
         return y_btd, new_kv
@@ -260,11 +277,9 @@ class MLP(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, x_btd: Array) -> Array:
-        gate_btf = jnp.einsum("btd,df->btf", x_btd, self.gate_proj[...].astype(self.dtype))
-        up_btf = jnp.einsum("btd,df->btf", x_btd, self.up_proj[...].astype(self.dtype))
-        return jnp.einsum(
-            "btf,fd->btd", jax.nn.silu(gate_btf) * up_btf, self.down_proj[...].astype(self.dtype)
-        )
+        gate_btf = _dense(x_btd, self.gate_proj[...].astype(self.dtype))
+        up_btf = _dense(x_btd, self.up_proj[...].astype(self.dtype))
+        return _dense(jax.nn.silu(gate_btf) * up_btf, self.down_proj[...].astype(self.dtype))
 
 
 class Block(nnx.Module):
@@ -362,17 +377,17 @@ class Decoder(nnx.Module):
         x_btd = jnp.take(self.embed_tokens[...], input_ids_bt, axis=0).astype(self.dtype)
         new_keys, new_values = [], []
         if self.remat is not False and cache is None:
-            # Plain jax.checkpoint over split/merge: the block is pure in its forward pass,
-            # so nothing needs writing back, and (unlike nnx.remat, which writes the state
-            # back) it works when the parameters come from an outer trace, e.g. a frozen
-            # reference merged inside the policy's jax.grad.
-            @functools.partial(jax.checkpoint, policy=_remat_policy(self.remat))
-            def remat_block(graphdef, state, x_btd, positions_bt, masks):
-                return nnx.merge(graphdef, state)(x_btd, positions_bt, masks, None)[0]
-
+            # `jax.checkpoint` over each block as a pure function of its state (not
+            # `nnx.remat`, which writes state back and so fails when the model was merged
+            # from traced parameters inside `jax.grad`, as in the train step).
+            policy = _remat_policy(self.remat)
             for block in self.layers:
                 graphdef, state = nnx.split(block)
-                x_btd = remat_block(graphdef, state, x_btd, positions_bt, masks)
+
+                def run(state: nnx.State, x: Array, p: Array, m: Any, graphdef=graphdef) -> Array:
+                    return nnx.merge(graphdef, state)(x, p, m, None)[0]
+
+                x_btd = jax.checkpoint(run, policy=policy)(state, x_btd, positions_bt, masks)
         else:
             for i, block in enumerate(self.layers):
                 kv = None if cache is None else (cache.keys[i], cache.values[i], cache.index)
@@ -506,10 +521,8 @@ class CausalLM(_Base):
     ) -> Array | tuple[Array, KVCache]:
         with _precision(self.precision):
             hidden_btd, new_cache = self.model(input_ids, attention_mask, cache)
-            if return_hidden:
-                out = hidden_btd
-            else:
-                out = jnp.einsum("btd,dv->btv", hidden_btd, self.lm_head_weight())
+            # btd,dv->btv unless the hidden states are asked for
+            out = hidden_btd if return_hidden else _dense(hidden_btd, self.lm_head_weight())
         return out if cache is None else (out, new_cache)
 
 

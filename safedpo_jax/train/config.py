@@ -68,8 +68,11 @@ class TrainConfig:
         "cached" (one pass over the data before training, cached on disk).
       ref_cache_dir: where cached reference log-probs live (default
         ``~/.cache/safedpo_jax/reference``).
-      logprob_chunk_size: positions per chunk of the memory-efficient log-prob path; 0
-        materialises the full [2B, T, V] logits.
+      logprob_chunk_size: positions per chunk of the memory-efficient log-prob path
+        (`safedpo_jax.losses.chunked_sequence_logprobs`); 0 materialises the full
+        [2B, T, V] float32 logits; None (the default) decides per shape: full logits while
+        one device's share of them takes at most 32 MiB, else the fewest chunks of at
+        most 256 MiB each (`safedpo_jax.train.step.auto_chunk_size`).
 
     Optimisation
       batch_size: pairs per optimizer step, over all devices and hosts.
@@ -123,7 +126,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     reference: str = "in_step"
     ref_cache_dir: str | None = None
-    logprob_chunk_size: int = 512
+    logprob_chunk_size: int | None = None
     # optimisation
     batch_size: int = 128
     micro_batches: int = 1
@@ -188,7 +191,10 @@ class TrainConfig:
             (self.log_every > 0, f"log_every must be positive, got {self.log_every}"),
             (self.keep_checkpoints > 0, "keep_checkpoints must be positive"),
             (self.max_steps is None or self.max_steps > 0, "max_steps must be positive"),
-            (self.logprob_chunk_size >= 0, "logprob_chunk_size must be >= 0"),
+            (
+                self.logprob_chunk_size is None or self.logprob_chunk_size >= 0,
+                "logprob_chunk_size must be >= 0 (or None: automatic)",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -259,7 +265,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "epochs": 1,
         "max_steps": 60,
         "dtype": "float32",
-        "logprob_chunk_size": 0,
         "save_every": 20,
         "log_every": 5,
         "eval_batches": 4,

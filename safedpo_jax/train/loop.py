@@ -211,19 +211,11 @@ def train(config: TrainConfig) -> TrainResult:
 
     sft = config.objective == "sft"
     policy = build_model(config, config.model, tokenizer, mesh, config.seed)
-    graphdef, params, rest = nnx.split(policy, nnx.Param, ...)
-
     # The frozen reference: the same weights as the initial policy unless --ref-model.
-    ref_params = ref_graphdef = ref_rest = None
+    reference = None
     ref_path = config.reference_model
-    if not sft:
-        if ref_path is None or ref_path == config.model:
-            ref_graphdef, ref_rest = graphdef, rest
-            ref_params = jax.tree.map(jnp.copy, params)
-        else:
-            ref_model = build_model(config, ref_path, tokenizer, mesh, config.seed)
-            ref_graphdef, ref_params, ref_rest = nnx.split(ref_model, nnx.Param, ...)
-            del ref_model
+    if not sft and ref_path is not None and ref_path != config.model:
+        reference = build_model(config, ref_path, tokenizer, mesh, config.seed)
 
     iterator = BatchIterator(
         train_ds,
@@ -234,10 +226,11 @@ def train(config: TrainConfig) -> TrainResult:
         process_count=jax.process_count(),
     )
     total_steps = config.max_steps or config.epochs * iterator.steps_per_epoch
-    optimizer = steps.make_optimizer(config, total_steps)
-    schedule = steps.learning_rate_schedule(config, total_steps)
-    state = steps.init_state(params, optimizer, mesh, config.seed)
-    del params
+    setup = steps.setup_step(config, policy, mesh, reference=reference, total_steps=total_steps)
+    del policy, reference
+    graphdef, rest = setup.graphdef, setup.rest
+    ref_graphdef, ref_rest, ref_params = setup.ref_graphdef, setup.ref_rest, setup.ref_params
+    state = setup.state
 
     # Cached reference log-probs: one pass per split, then the reference is freed.
     cached: dict[str, np.ndarray] = {}
@@ -248,7 +241,7 @@ def train(config: TrainConfig) -> TrainResult:
             if ref_path is None
             else None,
         )
-        logps_fn = _reference_logps_fn(config, ref_graphdef, ref_rest, mesh)
+        logps_fn = setup.reference_logps()
         for split, ds in (("train", train_ds), ("eval", eval_ds)):
             if ds is None:
                 continue
@@ -272,15 +265,9 @@ def train(config: TrainConfig) -> TrainResult:
             cached[split] = values
             if primary:
                 print(f"reference log-probs ({split}): {'reused' if hit else 'computed'} {path}")
-        ref_params = None  # the reference's memory is free from here on
+        ref_params = setup.ref_params = None  # the reference's memory is free from here on
 
-    if sft:
-        step_impl = steps.make_sft_step(config, graphdef, rest, optimizer, schedule)
-    else:
-        step_impl = steps.make_train_step(
-            config, graphdef, rest, ref_graphdef, ref_rest, optimizer, schedule
-        )
-    step_fn = steps.jit_step(step_impl, state, mesh, ref_params=ref_params)
+    step_fn = setup.compile(reference_in_step=ref_params is not None)
 
     def device_batch(host: Any, split: str) -> Any:
         if sft:
@@ -398,24 +385,6 @@ def train(config: TrainConfig) -> TrainResult:
         resumed_from=resumed_from,
         state=state,
     )
-
-
-def _reference_logps_fn(
-    config: TrainConfig, graphdef: nnx.GraphDef, rest: nnx.State, mesh: jax.sharding.Mesh
-) -> Callable[[nnx.State, steps.StepBatch], jax.Array]:
-    @jax.jit
-    def fn(params: nnx.State, batch: steps.StepBatch) -> jax.Array:
-        return steps.sequence_logps(
-            graphdef,
-            params,
-            rest,
-            batch.input_ids,
-            batch.attention_mask,
-            batch.loss_mask,
-            chunk_size=config.logprob_chunk_size,
-        )
-
-    return fn
 
 
 def _make_eval(

@@ -79,7 +79,7 @@ def dataset_fingerprint(dataset: PairDataset) -> str:
     return h.hexdigest()
 
 
-def cache_key(model_fp: str, dataset_fp: str, *, dtype: str, chunk_size: int) -> str:
+def cache_key(model_fp: str, dataset_fp: str, *, dtype: str, chunk_size: int | None) -> str:
     """The cache file's stem."""
     text = f"model={model_fp};data={dataset_fp};dtype={dtype};chunk={chunk_size};v=1"
     return hashlib.sha256(text.encode()).hexdigest()[:32]

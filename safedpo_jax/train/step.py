@@ -3,9 +3,10 @@
 ``train_step(state, ref_params, batch) -> (state, metrics)`` is one pure function:
 
 1. the policy runs once over chosen and rejected together (``[B, 2, T]`` folded into
-   ``[2B, T]``) and yields per-sequence log-probs ``[B, 2]`` (chunked over the vocabulary
-   from the final hidden states, so the ``[2B, T, V]`` float32 logits never exist, unless
-   ``logprob_chunk_size = 0``);
+   ``[2B, T]``) and yields per-sequence log-probs ``[B, 2]``: from full logits while
+   they are small, else chunk by chunk along the sequence from the final hidden states,
+   so the ``[2B, T, V]`` float32 logits never exist (``logprob_chunk_size``;
+   `auto_chunk_size` decides by default);
 2. the reference log-probs come from the frozen reference under `jax.lax.stop_gradient`
    (``ref_params`` given) or from the batch (cached, ``batch.ref_logps``);
 3. `safedpo_jax.losses.safe_daa_loss` applies the safety transform and margin (or the
@@ -16,12 +17,17 @@
    big-batch gradient exactly;
 5. optax applies global-norm clipping and AdamW. A non-finite loss or gradient leaves
    the state untouched and is reported in ``metrics["finite"]``.
+
+`setup_step` builds the state, the optimizer and the compiled step from two models and a
+`TrainConfig` (what `safedpo_jax.train.loop.train` runs, without data or loop); the
+benchmarks under ``experiments/benchmarks/`` time it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -148,6 +154,47 @@ def state_shardings(state: TrainState) -> TrainState:
 # --------------------------------------------------------------------------------------
 
 
+# The auto rule of `TrainConfig.logprob_chunk_size` (experiments/benchmarks/logprob_memory.py
+# and RESULTS.md hold the measurements behind it): a device's float32 [rows, T, V] logits
+# stay whole up to LOGITS_FULL_MAX_BYTES; beyond, the chunked path runs with the fewest
+# chunks whose blocks hold at most LOGITS_CHUNK_BYTES each. On 2 CPU cores the chunked
+# path was never slower than full logits from 125 MiB of logits up (0.45 to 0.77 of the
+# time, blocks of 32 to 512 MiB alike) and needed 2 to 9x less memory from 250 MiB up.
+LOGITS_FULL_MAX_BYTES = 32 * 2**20
+LOGITS_CHUNK_BYTES = 256 * 2**20
+
+
+def auto_chunk_size(rows: int, length: int, vocab: int) -> int:
+    """Positions per log-prob chunk for ``rows`` sequences of ``length`` on one device (0 = full).
+
+    Full logits while their float32 ``[rows, length, vocab]`` block takes at most
+    `LOGITS_FULL_MAX_BYTES`; otherwise the fewest equal chunks whose blocks take at most
+    `LOGITS_CHUNK_BYTES` (large blocks keep the projection's matmuls large), each rounded
+    up to a multiple of 8 positions.
+
+    >>> auto_chunk_size(64, 64, 678)  # the tiny preset: 11 MiB of logits
+    0
+    >>> auto_chunk_size(2, 512, 32000)  # 125 MiB: one rematerialised chunk
+    512
+    >>> auto_chunk_size(4, 2048, 128256)  # two pairs of 2k tokens, Llama 3's vocabulary
+    128
+    """
+    full = 4 * rows * length * vocab
+    if full <= LOGITS_FULL_MAX_BYTES:
+        return 0
+    n_chunks = math.ceil(full / LOGITS_CHUNK_BYTES)
+    return min(length, 8 * math.ceil(math.ceil(length / n_chunks) / 8))
+
+
+def _rows_per_device(rows: int) -> int:
+    """``rows`` over the batch-axis devices of the ambient mesh (all of them without one)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return rows
+    shards = math.prod(size for name, size in mesh.shape.items() if name in ("data", "fsdp"))
+    return max(1, rows // shards)
+
+
 def sequence_logps(
     graphdef: nnx.GraphDef,
     params: nnx.State,
@@ -156,27 +203,56 @@ def sequence_logps(
     attention_mask: Array,
     loss_mask: Array,
     *,
-    chunk_size: int,
+    chunk_size: int | None,
 ) -> Array:
     """Summed response log-probs of each sequence, float32 ``[...]`` for ids ``[..., T]``.
 
     The logits at position ``t - 1`` score the token at ``t``: targets are ``ids[..., 1:]``
-    and the loss mask is shifted the same way.
+    and the loss mask is shifted the same way. ``chunk_size``: positions per chunk of
+    `losses.chunked_sequence_logprobs`, 0 for full logits, None for `auto_chunk_size`
+    (decided at trace time from the shapes and the ambient mesh).
     """
     lead, t = input_ids.shape[:-1], input_ids.shape[-1]
     ids = input_ids.reshape(-1, t)
     mask = attention_mask.reshape(-1, t)
-    targets, target_mask = ids[:, 1:], loss_mask.reshape(-1, t)[:, 1:]
+    # Targets shift left instead of the logits shifting right: position T - 1 gets a
+    # masked dummy target, so the [rows, T, V] logits (or hidden states) are used whole,
+    # with no sliced copy of them.
+    targets = jnp.pad(ids[:, 1:], ((0, 0), (0, 1)))
+    target_mask = jnp.pad(loss_mask.reshape(-1, t)[:, 1:].astype(bool), ((0, 0), (0, 1)))
     model = nnx.merge(graphdef, params, rest)
+    if chunk_size is None:
+        rows = _rows_per_device(ids.shape[0])
+        chunk_size = auto_chunk_size(rows, t, model.config.vocab_size)
     if chunk_size:
         hidden = model(ids, mask, return_hidden=True)
         logps = losses.chunked_sequence_logprobs(
-            hidden[:, :-1], model.lm_head_weight(), targets, target_mask, chunk_size=chunk_size
+            hidden, model.lm_head_weight(), targets, target_mask, chunk_size=chunk_size
         )
     else:
         logits = model(ids, mask)
-        logps = losses.sequence_logprobs(logits[:, :-1], targets, target_mask)
+        logps = losses.sequence_logprobs(logits, targets, target_mask)
     return logps.reshape(lead)
+
+
+def make_reference_logps(
+    config: TrainConfig, graphdef: nnx.GraphDef, rest: nnx.State
+) -> Callable[[nnx.State, StepBatch], Array]:
+    """Jitted ``(ref_params, batch) -> [B, 2]`` float32 log-probs (for cached references)."""
+
+    @jax.jit
+    def fn(params: nnx.State, batch: StepBatch) -> Array:
+        return sequence_logps(
+            graphdef,
+            params,
+            rest,
+            batch.input_ids,
+            batch.attention_mask,
+            batch.loss_mask,
+            chunk_size=config.logprob_chunk_size,
+        )
+
+    return fn
 
 
 def link_for(config: TrainConfig) -> losses.Link:
@@ -406,6 +482,94 @@ def jit_step(
         in_shardings=(state_sh, ref_sh, batch_sh),
         out_shardings=(state_sh, replicated),
         donate_argnums=(0,),
+    )
+
+
+@dataclasses.dataclass
+class StepSetup:
+    """A policy, its frozen reference, the optimizer and the initial state: `train` minus data.
+
+    graphdef / rest: the policy's static parts (its `nnx.Param` state lives in
+    ``state.params``). ref_graphdef / ref_rest / ref_params: the frozen reference (None for
+    SFT). optimizer / schedule: as `make_optimizer` and `learning_rate_schedule` build them.
+    """
+
+    config: TrainConfig
+    mesh: Mesh
+    graphdef: nnx.GraphDef
+    rest: nnx.State
+    ref_graphdef: nnx.GraphDef | None
+    ref_rest: nnx.State | None
+    ref_params: nnx.State | None
+    optimizer: optax.GradientTransformation
+    schedule: optax.Schedule
+    state: TrainState
+
+    def compile(self, *, reference_in_step: bool = True) -> Callable[..., Any]:
+        """The jitted step ``(state, ref_params, batch) -> (state, metrics)``.
+
+        With ``reference_in_step=False`` the step reads ``batch.ref_logps`` (a cached
+        reference) and takes ``ref_params=None``.
+        """
+        if self.config.objective == "sft":
+            config, opt, schedule = self.config, self.optimizer, self.schedule
+            impl = make_sft_step(config, self.graphdef, self.rest, opt, schedule)
+            return jit_step(impl, self.state, self.mesh, ref_params=None)
+        impl = make_train_step(
+            self.config,
+            self.graphdef,
+            self.rest,
+            self.ref_graphdef,
+            self.ref_rest,
+            self.optimizer,
+            self.schedule,
+        )
+        ref_params = self.ref_params if reference_in_step else None
+        return jit_step(impl, self.state, self.mesh, ref_params=ref_params)
+
+    def reference_logps(self) -> Callable[[nnx.State, StepBatch], Array]:
+        """`make_reference_logps` of the reference: ``(ref_params, batch) -> [B, 2]``."""
+        return make_reference_logps(self.config, self.ref_graphdef, self.ref_rest)
+
+
+def setup_step(
+    config: TrainConfig,
+    policy: nnx.Module,
+    mesh: Mesh,
+    *,
+    reference: nnx.Module | None = None,
+    total_steps: int,
+) -> StepSetup:
+    """Splits the models, builds the optimizer and the initial state (``config.seed``).
+
+    ``policy`` and ``reference`` are `safedpo_jax.models.CausalLM` instances already placed
+    on ``mesh`` (e.g. by `safedpo_jax.models.from_pretrained` with ``mesh=``). Without
+    ``reference`` a preference run uses a copy of the policy's initial weights; an SFT run
+    (``config.objective == "sft"``) has none. ``total_steps`` sets the learning-rate
+    schedule.
+    """
+    graphdef, params, rest = nnx.split(policy, nnx.Param, ...)
+    ref_graphdef = ref_rest = ref_params = None
+    if config.objective != "sft":
+        if reference is None:
+            ref_graphdef, ref_rest = graphdef, rest
+            ref_params = jax.tree.map(jnp.copy, params)
+        else:
+            ref_graphdef, ref_params, ref_rest = nnx.split(reference, nnx.Param, ...)
+    optimizer = make_optimizer(config, total_steps)
+    schedule = learning_rate_schedule(config, total_steps)
+    state = init_state(params, optimizer, mesh, config.seed)
+    return StepSetup(
+        config=config,
+        mesh=mesh,
+        graphdef=graphdef,
+        rest=rest,
+        ref_graphdef=ref_graphdef,
+        ref_rest=ref_rest,
+        ref_params=ref_params,
+        optimizer=optimizer,
+        schedule=schedule,
+        state=state,
     )
 
 

@@ -1,0 +1,69 @@
+"""Every benchmark's ``--smoke`` mode runs end to end, so that the scripts cannot rot.
+
+Benchmarks are not tests: their figures come from full runs recorded in
+experiments/benchmarks/RESULTS.md. These only check that each script runs on tiny sizes
+and ends with its JSON line.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "experiments" / "benchmarks"
+
+
+def run_smoke(script: str) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("XLA_FLAGS", None)  # one CPU device, as the scripts run by hand
+    out = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), "--smoke"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_logprob_memory_smoke():
+    result = run_smoke("logprob_memory.py")
+    (row,) = result["results"].values()
+    assert row["max_value_rel_diff"] < 1e-5
+    assert row["chunk64_temp_ratio"] > 1
+
+
+def test_mfu_smoke():
+    result = run_smoke("mfu.py")
+    assert result["mfu"] > 0 and result["peak_gflops"] > 0
+
+
+def test_reference_cache_smoke():
+    result = run_smoke("reference_cache.py")
+    assert result["results"]["tiny"]["flop_ratio"] == pytest.approx(0.75, abs=0.05)
+
+
+@pytest.mark.slow
+def test_gpu_mfu_smoke():
+    result = run_smoke("gpu_mfu.py")
+    assert result["mfu"] > 0
+    assert result["checks"]["logits"]["right_padded"]["pass"]
+    assert result["checks"]["train_step"]["pass"]
+
+
+@pytest.mark.slow
+def test_vs_trl_smoke():
+    result = run_smoke("vs_trl.py")
+    for key in ("ours_tokens_per_s", "trl_tokens_per_s", "speedup"):
+        assert result[key] > 0
+    assert result["ours_first_loss"] == pytest.approx(result["trl_first_loss"], rel=1e-4)
+
+
+def test_dense_layout_smoke():
+    result = run_smoke("dense_layout.py")
+    assert result["grads_equal"]

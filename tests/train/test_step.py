@@ -1,0 +1,129 @@
+"""The step without the loop: `setup_step`, cached against in-step reference, log-prob chunking.
+
+A 2-layer Llama with hidden size 32 and a 64-token vocabulary on 4 random pairs of 16
+tokens, on one device. Cached and in-step references run the same arithmetic laid out
+differently (rtol 1e-6 on the loss); chunked and full log-probs differ by float32
+summation order (rtol 1e-5, as in tests/test_losses.py).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from safedpo_jax import models, sharding
+from safedpo_jax.train import step as steps
+from safedpo_jax.train.config import from_preset
+
+MICRO = {
+    "model_type": "llama",
+    "vocab_size": 64,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "initializer_range": 0.2,
+}
+B, T = 4, 16
+
+
+@pytest.fixture(scope="module")
+def mesh():
+    return sharding.make_mesh(1, 1, 1)
+
+
+def build(mesh, seed):
+    config = models.DecoderConfig.from_hf(MICRO)
+    return models.init_model(config, rngs=nnx.Rngs(seed), mesh=mesh)
+
+
+def config(**overrides):
+    fields = dict(model_config=MICRO, pairs="helpful", batch_size=B, max_length=T)
+    return from_preset("tiny", **{**fields, **overrides})
+
+
+def batch(ref_logps=None):
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(T // 2, T + 1, (B, 2))
+    attention = np.arange(T)[None, None, :] < lengths[..., None]
+    loss_mask = attention & (np.arange(T) >= 4)[None, None, :]
+    return steps.StepBatch(
+        input_ids=jnp.asarray(rng.integers(1, 64, (B, 2, T)), jnp.int32),
+        attention_mask=jnp.asarray(attention, jnp.int32),
+        loss_mask=jnp.asarray(loss_mask),
+        unsafe=jnp.zeros((B, 2), bool),
+        valid=jnp.ones((B,), bool),
+        ref_logps=ref_logps,
+    )
+
+
+def first_loss(setup, *, reference_in_step, step_batch):
+    fn = setup.compile(reference_in_step=reference_in_step)
+    ref_params = setup.ref_params if reference_in_step else None
+    with jax.set_mesh(setup.mesh):
+        _, metrics = fn(setup.state, ref_params, step_batch)
+    return float(metrics["loss"])
+
+
+def test_setup_step_cached_reference_equals_in_step(mesh):
+    setup = lambda: steps.setup_step(  # noqa: E731
+        config(), build(mesh, 0), mesh, reference=build(mesh, 1), total_steps=4
+    )
+    in_step, cached = setup(), setup()
+    ref = cached.reference_logps()(cached.ref_params, batch())
+    assert ref.shape == (B, 2) and ref.dtype == jnp.float32
+    want = first_loss(in_step, reference_in_step=True, step_batch=batch())
+    got = first_loss(cached, reference_in_step=False, step_batch=batch(ref))
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert abs(want - np.log(2)) > 1e-3  # a different reference: not the ln 2 of a copy
+
+
+def test_setup_step_without_reference_copies_the_policy(mesh):
+    setup = steps.setup_step(config(), build(mesh, 0), mesh, total_steps=4)
+    ref, policy = jax.tree.leaves(setup.ref_params), jax.tree.leaves(setup.state.params)
+    for a, b in zip(ref, policy, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_allclose(
+        first_loss(setup, reference_in_step=True, step_batch=batch()), np.log(2), rtol=1e-6
+    )
+    sft = steps.setup_step(config(objective="sft"), build(mesh, 0), mesh, total_steps=4)
+    assert sft.ref_params is None and sft.ref_graphdef is None
+
+
+def test_auto_chunk_size_rule():
+    assert steps.auto_chunk_size(8, 64, 678) == 0  # small logits: full
+    for rows, length, vocab in [(2, 512, 32000), (4, 2048, 128256), (32, 512, 32000)]:
+        c = steps.auto_chunk_size(rows, length, vocab)
+        assert 0 < c <= length and c % 8 == 0
+        # a block of c positions fits, up to the multiple-of-8 rounding, and is not
+        # needlessly small: one chunk fewer would not fit
+        assert 4 * rows * (c - 8) * vocab <= steps.LOGITS_CHUNK_BYTES
+        n = -(-length // c)
+        assert n == 1 or 4 * rows * -(-length // (n - 1)) * vocab > steps.LOGITS_CHUNK_BYTES
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_auto_chunked_log_probs_equal_full(mesh, monkeypatch, chunked):
+    if chunked:  # shrink the thresholds so that this micro model gets 2 chunks
+        monkeypatch.setattr(steps, "LOGITS_FULL_MAX_BYTES", 1)
+        monkeypatch.setattr(steps, "LOGITS_CHUNK_BYTES", 4 * 2 * B * 8 * 64)
+    assert steps.auto_chunk_size(2 * B, T, 64) == (8 if chunked else 0)
+    graphdef, params, rest = nnx.split(build(mesh, 0), nnx.Param, ...)
+    b = batch()
+
+    def logps(chunk):
+        fn = lambda p: steps.sequence_logps(  # noqa: E731
+            graphdef, p, rest, b.input_ids, b.attention_mask, b.loss_mask, chunk_size=chunk
+        )
+        return jax.jit(jax.value_and_grad(lambda p: fn(p).sum()))(params), jax.jit(fn)(params)
+
+    (want_sum, want_grad), want = logps(0)
+    (got_sum, got_grad), got = logps(None)
+    assert got.shape == (B, 2)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    for a, g in zip(jax.tree.leaves(want_grad), jax.tree.leaves(got_grad), strict=True):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(a), rtol=1e-4, atol=1e-5)
