@@ -349,26 +349,45 @@ def make_train_step(
             out = preference_output(config, policy, ref, mb.unsafe, mb.valid)
             return out.losses.sum() / jnp.maximum(n_kept, 1.0), losses.metric_sums(out, mb.valid)
 
-        grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
-        if k == 1:
-            (loss, sums), grads = grad_fn(state.params, batch)
-        else:
-
-            def body(carry, mb):
-                loss_acc, grads_acc, sums_acc = carry
-                (loss, sums), grads = grad_fn(state.params, mb)
-                add = lambda a, b: jax.tree.map(jnp.add, a, b)
-                return (loss_acc + loss, add(grads_acc, grads), add(sums_acc, sums)), None
-
-            zeros = jax.tree.map(jnp.zeros_like, state.params)
-            _, sums0 = jax.eval_shape(micro_loss, state.params, _first(batch, k))
-            init = (jnp.zeros((), jnp.float32), zeros, jax.tree.map(jnp.zeros_like, sums0))
-            (loss, grads, sums), _ = jax.lax.scan(body, init, _microbatches(batch, k))
+        loss, grads, sums = _accumulate(micro_loss, state.params, batch, k)
 
         tokens = jnp.sum(batch.attention_mask).astype(jnp.float32)
         return _apply(state, grads, loss, sums, tokens, optimizer, schedule)
 
     return step
+
+
+def _accumulate(
+    micro_loss: Callable[[nnx.State, Any], tuple[Array, dict[str, Array]]],
+    params: nnx.State,
+    batch: Any,
+    k: int,
+) -> tuple[Array, nnx.State, dict[str, Array]]:
+    """Loss, gradient and metric sums of ``batch``, over ``k`` microbatches.
+
+    ``micro_loss(params, microbatch)`` returns the microbatch's share of the batch loss
+    (already divided by the whole batch's denominator) and its metric sums; shares,
+    gradients and sums add up across the `lax.scan` over microbatches.
+    """
+    grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+    if k == 1:
+        (loss, sums), grads = grad_fn(params, batch)
+        return loss, grads, sums
+
+    def body(carry, mb):
+        loss_acc, grads_acc, sums_acc = carry
+        (loss, sums), grads = grad_fn(params, mb)
+        add = lambda a, b: jax.tree.map(jnp.add, a, b)
+        return (loss_acc + loss, add(grads_acc, grads), add(sums_acc, sums)), None
+
+    _, sums0 = jax.eval_shape(micro_loss, params, _first(batch, k))
+    init = (
+        jnp.zeros((), jnp.float32),
+        jax.tree.map(jnp.zeros_like, params),
+        jax.tree.map(jnp.zeros_like, sums0),
+    )
+    (loss, grads, sums), _ = jax.lax.scan(body, init, _microbatches(batch, k))
+    return loss, grads, sums
 
 
 def make_sft_step(
@@ -406,21 +425,7 @@ def make_sft_step(
             }
             return nll / jnp.maximum(n_tokens, 1.0), sums
 
-        grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
-        if k == 1:
-            (loss, sums), grads = grad_fn(state.params, batch)
-        else:
-
-            def body(carry, mb):
-                loss_acc, grads_acc, sums_acc = carry
-                (loss, sums), grads = grad_fn(state.params, mb)
-                add = lambda a, b: jax.tree.map(jnp.add, a, b)
-                return (loss_acc + loss, add(grads_acc, grads), add(sums_acc, sums)), None
-
-            zeros = jax.tree.map(jnp.zeros_like, state.params)
-            _, sums0 = jax.eval_shape(micro_loss, state.params, _first(batch, k))
-            init = (jnp.zeros((), jnp.float32), zeros, jax.tree.map(jnp.zeros_like, sums0))
-            (loss, grads, sums), _ = jax.lax.scan(body, init, _microbatches(batch, k))
+        loss, grads, sums = _accumulate(micro_loss, state.params, batch, k)
         tokens = jnp.sum(batch.attention_mask).astype(jnp.float32)
         return _apply(state, grads, loss, sums, tokens, optimizer, schedule)
 

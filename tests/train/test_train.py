@@ -113,10 +113,12 @@ def test_cached_reference_gives_the_in_step_losses(tmp_path):
     assert {f: f.stat().st_mtime_ns for f in files} == mtimes
 
 
-@pytest.mark.parametrize("pairs", ["safedpo", "helpful"])
-def test_accumulation_over_microbatches_equals_one_big_batch(tmp_path, pairs):
-    big = train(micro_config(tmp_path, "big", pairs=pairs, micro_batches=1, max_steps=3))
-    acc = train(micro_config(tmp_path, "acc", pairs=pairs, micro_batches=4, max_steps=3))
+@pytest.mark.parametrize(
+    "objective", [{"pairs": "safedpo"}, {"pairs": "helpful"}, {"objective": "sft"}], ids=str
+)
+def test_accumulation_over_microbatches_equals_one_big_batch(tmp_path, objective):
+    big = train(micro_config(tmp_path, "big", **objective, micro_batches=1, max_steps=3))
+    acc = train(micro_config(tmp_path, "acc", **objective, micro_batches=4, max_steps=3))
     np.testing.assert_allclose(
         train_losses(acc.output_dir), train_losses(big.output_dir), rtol=1e-5
     )
