@@ -67,3 +67,12 @@ def test_vs_trl_smoke():
 def test_dense_layout_smoke():
     result = run_smoke("dense_layout.py")
     assert result["grads_equal"]
+
+
+def test_generation_vs_hf_smoke():
+    result = run_smoke("generation_vs_hf.py")
+    greedy = result["results"]["greedy"]
+    # float32: our cached decoding and Hugging Face's take the same greedy path
+    assert greedy["first_token_agreement"] == 1.0
+    assert greedy["mean_common_prefix"] == result["new_tokens"]
+    assert result["results"]["top_p"]["ours_tokens_per_s"] > 0

@@ -1,5 +1,5 @@
 """GPU check of safedpo_jax.evaluate: cached greedy vs full forwards, seeded sampling on a mesh,
-generation throughput of a 0.4B bf16 model, and the evaluation command end to end.
+generation throughput of a 0.27B bf16 model, and the evaluation command end to end.
 
     PYTHONPATH=. python experiments/benchmarks/gpu_eval_check.py
 """
@@ -48,7 +48,7 @@ mesh = sharding.make_mesh()
 c = np.asarray(generate(m, ids, mask, seed=1, mesh=mesh, **kw).tokens)
 print("sampling reproducible:", (a == b).all(), "mesh equal:", (a == c).all(), flush=True)
 
-# 2. throughput: a ~0.4B random Llama in bf16, batch 32, prompt 64, 128 new tokens
+# 2. throughput: a 0.27B random Llama in bf16, batch 32, prompt 64, 128 new tokens
 if jax.default_backend() == "gpu":
     big = models.DecoderConfig(
         vocab_size=32000,
