@@ -38,7 +38,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere: the library by p
     sys.path.insert(0, str(ROOT))
 
 # The `tiny` preset's Llama, and one of about 25M parameters (hidden 512, 8 layers) where
-# the matmuls dominate. The vocabulary is the tokenizer's.
+# the matmuls dominate, and a 0.27B one for generation. The vocabulary is the caller's.
 SIZES: dict[str, dict[str, Any]] = {
     "tiny": {
         "hidden_size": 64,
@@ -53,6 +53,14 @@ SIZES: dict[str, dict[str, Any]] = {
         "num_hidden_layers": 8,
         "num_attention_heads": 8,
         "num_key_value_heads": 4,
+    },
+    # 0.27B (of which embedding and LM head 32.8M each at a 32k vocabulary): generation.
+    "medium": {
+        "hidden_size": 1024,
+        "intermediate_size": 2816,
+        "num_hidden_layers": 16,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 16,
     },
 }
 

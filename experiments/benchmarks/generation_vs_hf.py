@@ -35,15 +35,6 @@ from typing import Any
 
 import _common as C
 
-# 0.27B parameters, Llama-shaped (of which embedding and LM head 32.8M each).
-MEDIUM = {
-    "hidden_size": 1024,
-    "intermediate_size": 2816,
-    "num_hidden_layers": 16,
-    "num_attention_heads": 16,
-    "num_key_value_heads": 16,
-}
-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -55,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--smoke", action="store_true", help="tiny sizes, float32, CPU")
     args = p.parse_args(argv)
-    args.size = MEDIUM
+    args.size = "medium"
     if args.smoke:
         args.size, args.vocab, args.dtype = "tiny", 256, "float32"
         args.batch, args.prompt, args.new, args.repeats = 4, 12, 8, 1

@@ -50,14 +50,9 @@ print("sampling reproducible:", (a == b).all(), "mesh equal:", (a == c).all(), f
 
 # 2. throughput: a 0.27B random Llama in bf16, batch 32, prompt 64, 128 new tokens
 if jax.default_backend() == "gpu":
-    big = models.DecoderConfig(
-        vocab_size=32000,
-        hidden_size=1024,
-        intermediate_size=2816,
-        num_hidden_layers=16,
-        num_attention_heads=16,
-        num_key_value_heads=16,
-    )
+    from _common import SIZES
+
+    big = models.DecoderConfig(vocab_size=32000, **SIZES["medium"])
     t0 = time.time()
     bm = models.init_model(
         big, rngs=nnx.Rngs(0), dtype=jnp.bfloat16, param_dtype=jnp.bfloat16, mesh=mesh
