@@ -294,7 +294,7 @@ def train(config: TrainConfig) -> TrainResult:
 
     eval_fn = None
     if eval_ds is not None:
-        eval_fn = _make_eval(config, graphdef, rest, ref_graphdef, ref_rest, mesh, sft)
+        eval_fn = _make_eval(config, graphdef, rest, ref_graphdef, ref_rest, sft)
 
     def run_eval() -> dict[str, float]:
         host_batches = BatchIterator(
@@ -393,41 +393,20 @@ def _make_eval(
     rest: nnx.State,
     ref_graphdef: nnx.GraphDef | None,
     ref_rest: nnx.State | None,
-    mesh: jax.sharding.Mesh,
     sft: bool,
 ) -> Callable[..., dict[str, jax.Array]]:
     """A jitted function from (params, ref_params, batch) to metric sums."""
-    chunk = config.logprob_chunk_size
 
     @jax.jit
     def eval_sums(
         params: nnx.State, ref_params: nnx.State | None, batch: Any
     ) -> dict[str, jax.Array]:
         if sft:
-            mask = batch.loss_mask & batch.valid[:, None]
-            logps = steps.sequence_logps(
-                graphdef,
-                params,
-                rest,
-                batch.input_ids,
-                batch.attention_mask,
-                mask,
-                chunk_size=chunk,
-            )
-            tokens = jnp.sum(mask[:, 1:]).astype(jnp.float32)
+            logps, tokens = steps.sft_forward(config, graphdef, params, rest, batch)
             return {"loss": jnp.stack([-jnp.sum(logps), tokens])}
-        policy = steps.sequence_logps(
-            graphdef, params, rest, batch.input_ids, batch.attention_mask, batch.loss_mask,
-            chunk_size=chunk,
-        )  # fmt: skip
-        if batch.ref_logps is not None:
-            ref = batch.ref_logps
-        else:
-            ref = steps.sequence_logps(
-                ref_graphdef, ref_params, ref_rest, batch.input_ids, batch.attention_mask,
-                batch.loss_mask, chunk_size=chunk,
-            )  # fmt: skip
-        out = steps.preference_output(config, policy, ref, batch.unsafe, batch.valid)
+        out = steps.preference_forward(
+            config, graphdef, params, rest, ref_graphdef, ref_params, ref_rest, batch
+        )
         return losses.metric_sums(out, batch.valid)
 
     return eval_sums

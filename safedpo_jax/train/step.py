@@ -283,6 +283,59 @@ def preference_output(
     )
 
 
+def preference_forward(
+    config: TrainConfig,
+    graphdef: nnx.GraphDef,
+    params: nnx.State,
+    rest: nnx.State,
+    ref_graphdef: nnx.GraphDef | None,
+    ref_params: nnx.State | None,
+    ref_rest: nnx.State | None,
+    batch: StepBatch,
+) -> losses.PreferenceOutput:
+    """The kernel's output on ``batch``: the policy's log-probs against the reference's.
+
+    The reference log-probs come from the batch when cached, else from a forward pass of
+    the reference (no gradient flows into it).
+    """
+    chunk = config.logprob_chunk_size
+    policy = sequence_logps(
+        graphdef, params, rest, batch.input_ids, batch.attention_mask, batch.loss_mask,
+        chunk_size=chunk,
+    )  # fmt: skip
+    if batch.ref_logps is not None:
+        ref = batch.ref_logps
+    else:
+        ref = jax.lax.stop_gradient(
+            sequence_logps(
+                ref_graphdef,
+                ref_params,
+                ref_rest,
+                batch.input_ids,
+                batch.attention_mask,
+                batch.loss_mask,
+                chunk_size=chunk,
+            )
+        )
+    return preference_output(config, policy, ref, batch.unsafe, batch.valid)
+
+
+def sft_forward(
+    config: TrainConfig,
+    graphdef: nnx.GraphDef,
+    params: nnx.State,
+    rest: nnx.State,
+    batch: SFTStepBatch,
+) -> tuple[Array, Array]:
+    """(summed response log-probs ``[B]``, response tokens counted) of valid rows of ``batch``."""
+    mask = batch.loss_mask & batch.valid[:, None]
+    logps = sequence_logps(
+        graphdef, params, rest, batch.input_ids, batch.attention_mask, mask,
+        chunk_size=config.logprob_chunk_size,
+    )  # fmt: skip
+    return logps, jnp.sum(mask[:, 1:]).astype(jnp.float32)
+
+
 def kept_count(config: TrainConfig, unsafe: Array, valid: Array) -> Array:
     """Pairs that count in the mean: valid and, for SafeDPO, not dropped by T."""
     keep = valid
@@ -319,7 +372,6 @@ def make_train_step(
     schedule: optax.Schedule,
 ) -> Callable[[TrainState, nnx.State | None, StepBatch], tuple[TrainState, dict[str, Array]]]:
     """The un-jitted step; `jit_step` compiles it with explicit shardings."""
-    chunk = config.logprob_chunk_size
     k = config.micro_batches
 
     def step(
@@ -328,25 +380,9 @@ def make_train_step(
         n_kept = kept_count(config, batch.unsafe, batch.valid)
 
         def micro_loss(params: nnx.State, mb: StepBatch) -> tuple[Array, dict[str, Array]]:
-            policy = sequence_logps(
-                graphdef, params, rest, mb.input_ids, mb.attention_mask, mb.loss_mask,
-                chunk_size=chunk,
-            )  # fmt: skip
-            if mb.ref_logps is not None:
-                ref = mb.ref_logps
-            else:
-                ref = jax.lax.stop_gradient(
-                    sequence_logps(
-                        ref_graphdef,
-                        ref_params,
-                        ref_rest,
-                        mb.input_ids,
-                        mb.attention_mask,
-                        mb.loss_mask,
-                        chunk_size=chunk,
-                    )  # fmt: skip
-                )
-            out = preference_output(config, policy, ref, mb.unsafe, mb.valid)
+            out = preference_forward(
+                config, graphdef, params, rest, ref_graphdef, ref_params, ref_rest, mb
+            )
             return out.losses.sum() / jnp.maximum(n_kept, 1.0), losses.metric_sums(out, mb.valid)
 
         loss, grads, sums = _accumulate(micro_loss, state.params, batch, k)
@@ -402,7 +438,6 @@ def make_sft_step(
     The mean is over the response tokens (and EOS) of the whole global batch, so the
     accumulated gradient equals the big-batch gradient as for the preference step.
     """
-    chunk = config.logprob_chunk_size
     k = config.micro_batches
 
     def step(
@@ -411,11 +446,7 @@ def make_sft_step(
         n_tokens = jnp.sum(batch.loss_mask[:, 1:] & batch.valid[:, None]).astype(jnp.float32)
 
         def micro_loss(params: nnx.State, mb: SFTStepBatch) -> tuple[Array, dict[str, Array]]:
-            mask = mb.loss_mask & mb.valid[:, None]
-            logps = sequence_logps(
-                graphdef, params, rest, mb.input_ids, mb.attention_mask, mask, chunk_size=chunk
-            )
-            tokens = jnp.sum(mask[:, 1:]).astype(jnp.float32)
+            logps, tokens = sft_forward(config, graphdef, params, rest, mb)
             nll = -jnp.sum(logps)
             sums = {
                 "loss": jnp.stack([nll, tokens]),
