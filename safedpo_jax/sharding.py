@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -177,3 +178,14 @@ def state_shardings(state: nnx.State, mesh: Mesh) -> nnx.State:
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
     """Sharding for a batch array of rank ``ndim``: leading axis over ``data`` and ``fsdp``."""
     return NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (ndim - 1)))
+
+
+def batch_shards(mesh: Any) -> int:
+    """How many ways a batch's leading axis is split on ``mesh`` (the ``batch`` rule's axes).
+
+    Works on a concrete or abstract mesh; an empty mesh (no ambient one) gives 1.
+    """
+    if mesh.empty:
+        return 1
+    axes = dict(LOGICAL_AXIS_RULES)["batch"]
+    return math.prod(size for name, size in mesh.shape.items() if name in axes)

@@ -223,8 +223,9 @@ class RandomBatchStep:
         from flax import nnx
 
         from safedpo_jax import models, sharding
-        from safedpo_jax.train import step as steps_lib
+        from safedpo_jax.train import objectives as steps_lib
         from safedpo_jax.train.config import from_preset
+        from safedpo_jax.train.setup import setup_step
 
         shape, *options = spec.split(":")
         b, t = (int(x) for x in shape.split("x"))
@@ -249,9 +250,7 @@ class RandomBatchStep:
         build = lambda seed: models.init_model(  # noqa: E731
             dc, rngs=nnx.Rngs(seed), mesh=mesh, remat=remat, dtype=jnp.float32
         )
-        self.setup = steps_lib.setup_step(
-            config, build(0), mesh, reference=build(1), total_steps=100
-        )
+        self.setup = setup_step(config, build(0), mesh, reference=build(1), total_steps=100)
         self.fn = self.setup.compile(reference_in_step=not cached)
         rng = np.random.default_rng(0)
         ids = rng.integers(3, vocab, (b, 2, t)).astype(np.int32)
@@ -266,7 +265,7 @@ class RandomBatchStep:
             valid=jnp.ones((b,), bool),
             ref_logps=None if ref is None else jnp.asarray(ref),
         )
-        self.ref_params = None if cached else self.setup.ref_params
+        self.reference = None if cached else self.setup.reference
         self.state = self.setup.state
         self.mesh, self.jax = mesh, jax
         self.flops = train_flops(self.hf, 2 * b, t, reference=not cached)
@@ -275,7 +274,7 @@ class RandomBatchStep:
 
     def __call__(self) -> None:
         with self.jax.set_mesh(self.mesh):
-            self.state, metrics = self.fn(self.state, self.ref_params, self.batch)
+            self.state, metrics = self.fn(self.state, self.reference, self.batch)
         metrics["loss"].block_until_ready()
 
 

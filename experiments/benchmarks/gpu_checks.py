@@ -103,8 +103,9 @@ def check_train_step(impl: str, reference_impl: str | None, length: int = 128) -
     from flax import nnx
 
     from safedpo_jax import models, sharding
-    from safedpo_jax.train import step as steps
+    from safedpo_jax.train import objectives as steps
     from safedpo_jax.train.config import from_preset
+    from safedpo_jax.train.setup import setup_step
 
     mesh = sharding.make_mesh(1, 1, 1)
     config = models.DecoderConfig.from_hf(SMALL)
@@ -127,10 +128,10 @@ def check_train_step(impl: str, reference_impl: str | None, length: int = 128) -
         build = lambda seed, impl=attention_impl: models.init_model(  # noqa: E731
             config, rngs=nnx.Rngs(seed), mesh=mesh, **_options(impl)
         )
-        setup = steps.setup_step(train_config, build(0), mesh, reference=build(1), total_steps=10)
+        setup = setup_step(train_config, build(0), mesh, reference=build(1), total_steps=10)
         fn = setup.compile()
         with jax.set_mesh(mesh):
-            _, metrics = fn(setup.state, setup.ref_params, batch)
+            _, metrics = fn(setup.state, setup.reference, batch)
         out[name] = {k: float(metrics[k]) for k in ("loss", "grad_norm", "logps/chosen")}
     rel = {
         k: abs(out["candidate"][k] - out["reference"][k]) / abs(out["reference"][k])

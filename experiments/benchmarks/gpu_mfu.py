@@ -91,8 +91,9 @@ def run_config(spec: str, hf: dict[str, Any], args: argparse.Namespace) -> dict[
     from flax import nnx
 
     from safedpo_jax import models, sharding
-    from safedpo_jax.train import step as steps
+    from safedpo_jax.train import objectives as steps
     from safedpo_jax.train.config import from_preset
+    from safedpo_jax.train.setup import setup_step
 
     b, t = (int(x) for x in spec.split("x"))
     remat = {"false": False, "true": True}.get(args.remat, args.remat)
@@ -125,7 +126,7 @@ def run_config(spec: str, hf: dict[str, Any], args: argparse.Namespace) -> dict[
         learning_rate=1e-5,
         warmup_ratio=0.0,
     )
-    setup = steps.setup_step(train_config, policy, mesh, reference=reference, total_steps=1000)
+    setup = setup_step(train_config, policy, mesh, reference=reference, total_steps=1000)
     del policy, reference
     init_s = time.perf_counter() - start
     rng = np.random.default_rng(0)
@@ -141,10 +142,10 @@ def run_config(spec: str, hf: dict[str, Any], args: argparse.Namespace) -> dict[
     fn = setup.compile()
     start = time.perf_counter()
     with jax.set_mesh(mesh):
-        compiled = fn.lower(setup.state, setup.ref_params, batch).compile()
+        compiled = fn.lower(setup.state, setup.reference, batch).compile()
     compile_s = time.perf_counter() - start
     memory = compiled.memory_analysis()
-    state, ref_params = setup.state, setup.ref_params
+    state, ref_params = setup.state, setup.reference
     times, losses = [], []
     for i in range(args.warmup + args.steps):
         start = time.perf_counter()

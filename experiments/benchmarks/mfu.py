@@ -1,6 +1,6 @@
 """Model FLOPs utilisation of the DPO train step: achieved FLOP/s over the matmul peak.
 
-The step is the library's (`safedpo_jax.train.step.setup_step` + its compiled step,
+The step is the library's (`safedpo_jax.train.setup.setup_step` + its compiled step,
 ``pairs="helpful"``, AdamW, clipping), on the 25M-parameter Llama of `_common.SIZES`
 ("small", hidden 512, 8 layers, the sample tokenizer's 678-token vocabulary) in float32,
 fed random token ids with no padding (every position is real work). FLOPs are counted

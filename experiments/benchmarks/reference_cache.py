@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
         in_step = C.RandomBatchStep(shape, size, VOCAB)
         cached = C.RandomBatchStep(shape + ":cached", size, VOCAB)
         ref_fn = in_step.setup.reference_logps()
-        ref_params, batch = in_step.setup.ref_params, in_step.batch
+        ref_params, batch = in_step.setup.reference, in_step.batch
         forward = lambda: ref_fn(ref_params, batch).block_until_ready()  # noqa: B023
         forward()  # compile
         times: dict[str, list[float]] = {"in_step": [], "cached": [], "ref_forward": []}

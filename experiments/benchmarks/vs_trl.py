@@ -9,7 +9,7 @@ sequence length (TRL pads to ``pad_to_multiple_of = T``, we to the bucket T), fl
 the same optimizer: AdamW (lr, betas, eps, weight decay), no warmup, cosine decay,
 global-norm clipping at 1. TRL: ``loss_type="sigmoid"``, beta 0.1, gradient checkpointing
 off and bf16 off (its defaults turn both on), sequential sampling, logging every step.
-Ours: `safedpo_jax.train.step.setup_step` + its compiled step, ``pairs="helpful"``,
+Ours: `safedpo_jax.train.setup.setup_step` + its compiled step, ``pairs="helpful"``,
 beta 0.1, fed host batches as the training loop feeds them (device put + step + sync).
 
 Modes: the reference in the step (both), and precomputed reference log-probs (TRL's
@@ -198,8 +198,9 @@ class Ours:
         import jax.numpy as jnp
 
         from safedpo_jax import models, sharding
-        from safedpo_jax.train import step as steps_lib
+        from safedpo_jax.train import objectives as steps_lib
         from safedpo_jax.train.config import from_preset
+        from safedpo_jax.train.setup import setup_step
 
         self.jax, self.steps_lib = jax, steps_lib
         self.mesh = sharding.make_mesh(1, 1, 1)
@@ -225,17 +226,15 @@ class Ours:
             max_grad_norm=1.0,
             reference=mode,
         )
-        self.setup = steps_lib.setup_step(
-            config, policy, self.mesh, reference=reference, total_steps=steps
-        )
+        self.setup = setup_step(config, policy, self.mesh, reference=reference, total_steps=steps)
         self.batches = batches
         self.ref_logps: list[Any] = [None] * len(batches)
         if mode == "cached":  # one pass before training, not timed (as TRL's precompute)
             fn = self.setup.reference_logps()
             for i, hb in enumerate(batches):
                 device = steps_lib.pair_step_batch(hb, self.mesh)
-                self.ref_logps[i] = np.asarray(fn(self.setup.ref_params, device))
-            self.setup.ref_params = None
+                self.ref_logps[i] = np.asarray(fn(self.setup.reference, device))
+            self.setup.reference = None
         self.step_fn = self.setup.compile(reference_in_step=mode == "in_step")
         self.state = self.setup.state
         self.i = 0
@@ -246,7 +245,7 @@ class Ours:
         k = self.i % len(self.batches)
         batch = self.steps_lib.pair_step_batch(self.batches[k], self.mesh, self.ref_logps[k])
         with self.jax.set_mesh(self.mesh):
-            self.state, metrics = self.step_fn(self.state, self.setup.ref_params, batch)
+            self.state, metrics = self.step_fn(self.state, self.setup.reference, batch)
         if not bool(metrics["finite"]):
             raise FloatingPointError("non-finite loss")
         self.i += 1

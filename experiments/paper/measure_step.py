@@ -28,9 +28,9 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 from estimates import ACCELERATORS, Shape, load_architectures  # noqa: E402
 
 from safedpo_jax import models, sharding  # noqa: E402
-from safedpo_jax.train import step as steps  # noqa: E402
 from safedpo_jax.train.config import from_preset  # noqa: E402
-from safedpo_jax.train.loop import DTYPES  # noqa: E402
+from safedpo_jax.train.objectives import StepBatch, to_global  # noqa: E402
+from safedpo_jax.train.setup import model_options, setup_step  # noqa: E402
 
 
 def peak_tflops(device: jax.Device) -> float | None:
@@ -71,26 +71,20 @@ def main() -> None:
     policy = models.init_model(
         models.DecoderConfig.from_hf(hf),
         rngs=nnx.Rngs(0),
-        dtype=DTYPES[config.dtype],
-        param_dtype=DTYPES[config.param_dtype],
         mesh=mesh,
-        remat=config.remat,
+        **model_options(config).kwargs(),
     )
-    graphdef, params, rest = nnx.split(policy, nnx.Param, ...)
-    ref_params = jax.tree.map(lambda x: x.copy(), params)
-    optimizer = steps.make_optimizer(config, 1000)
-    schedule = steps.learning_rate_schedule(config, 1000)
-    state = steps.init_state(params, optimizer, mesh, 0)
-    impl = steps.make_train_step(config, graphdef, rest, graphdef, rest, optimizer, schedule)
-    step_fn = steps.jit_step(impl, state, mesh, ref_params=ref_params)
+    setup = setup_step(config, policy, mesh, total_steps=1000)
+    state, reference = setup.state, setup.reference
+    step_fn = setup.compile()
 
     rng = np.random.default_rng(0)
     b, t = config.batch_size, args.length
     ids = rng.integers(3, hf["vocab_size"], (b, 2, t), dtype=np.int32)
     loss_mask = np.zeros((b, 2, t), bool)
     loss_mask[:, :, t // 4 :] = True
-    put = lambda x: steps.to_global(x, mesh)  # noqa: E731
-    batch = steps.StepBatch(
+    put = lambda x: to_global(x, mesh)  # noqa: E731
+    batch = StepBatch(
         input_ids=put(ids),
         attention_mask=put(np.ones((b, 2, t), np.int32)),
         loss_mask=put(loss_mask),
@@ -99,12 +93,12 @@ def main() -> None:
     )
     with jax.set_mesh(mesh):
         start = time.perf_counter()
-        state, metrics = step_fn(state, ref_params, batch)
+        state, metrics = step_fn(state, reference, batch)
         jax.block_until_ready(metrics)
         compile_s = time.perf_counter() - start
         start = time.perf_counter()
         for _ in range(args.steps):
-            state, metrics = step_fn(state, ref_params, batch)
+            state, metrics = step_fn(state, reference, batch)
         jax.block_until_ready(metrics)
         step_s = (time.perf_counter() - start) / args.steps
 

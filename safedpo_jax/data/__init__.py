@@ -36,7 +36,10 @@ from safedpo_jax.data.batches import (
 )
 from safedpo_jax.data.pairs import (
     PAIR_CONSTRUCTIONS,
+    PAIR_MODES,
     Pair,
+    PairMode,
+    applies_safety_transform,
     build_pairs,
     count_swapped,
     harmless_pairs,
@@ -74,6 +77,9 @@ from safedpo_jax.data.tokenization import (
 
 __all__ = [
     "PAIR_CONSTRUCTIONS",
+    "PAIR_MODES",
+    "PairMode",
+    "applies_safety_transform",
     "SAFE_RLHF_TEMPLATE",
     "SAMPLE",
     "SAMPLE_DIR",

@@ -15,6 +15,10 @@ looked up by name in `PAIR_CONSTRUCTIONS`:
 ``safebetter``
     DPO-SAFEBETTER: helpfulness order, pairs with an unsafe winner dropped
     (``unsafe_winner``).
+``unpaired``
+    KTO on the safety labels (SACPO's KTO safety stage): every response of every row is an
+    example of its own (slot 0), desirable when safe; slot 1 holds a *mismatched*
+    completion, another row's response to a different prompt, for KTO's KL reference point.
 
 Every `Pair` carries ``unsafe`` (True = unsafe) for its two slots, in slot order.
 
@@ -29,8 +33,10 @@ Every `Pair` carries ``unsafe`` (True = unsafe) for its two slots, in slot order
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 from safedpo_jax.data.rows import (
     OnError,
@@ -43,6 +49,9 @@ from safedpo_jax.data.summary import DataSummary, merge_counts
 
 __all__ = [
     "PAIR_CONSTRUCTIONS",
+    "PAIR_MODES",
+    "PairMode",
+    "applies_safety_transform",
     "Pair",
     "build_pairs",
     "count_swapped",
@@ -50,6 +59,7 @@ __all__ = [
     "helpful_pairs",
     "safebetter_pairs",
     "safedpo_pairs",
+    "unpaired_examples",
 ]
 
 
@@ -119,12 +129,87 @@ def safedpo_pairs(rows: Sequence[PreferenceRow], *, keep_both_unsafe: bool = Fal
     return kept, ({"both_unsafe": dropped} if dropped else {})
 
 
+def unpaired_examples(rows: Sequence[PreferenceRow], *, seed: int = 0) -> Construction:
+    """KTO examples: each response with its own label, and a mismatched KL completion.
+
+    Slot 0 is the example (``rows[i].responses[j]``, unsafe = ``rows[i].unsafe[j]``);
+    slot 1 the completion of another example whose prompt differs, answered to this
+    example's prompt: its log-probs under policy and reference estimate KTO's reference
+    point ``z0 = KL(pi || pi_ref)`` as TRL's ``KTOTrainer`` does with its shifted
+    completions. The mismatch is a fixed, seeded permutation (every example's completion
+    is used as a mismatch exactly once), so a dataset always tokenises the same way.
+
+    >>> from safedpo_jax.data.rows import PreferenceRow
+    >>> rows = [PreferenceRow(f"q{i}", (f"a{i}", f"b{i}"), unsafe=(i == 0, False),
+    ...                       better_response_id=0, safer_response_id=1, index=i)
+    ...         for i in range(3)]
+    >>> ex, dropped = unpaired_examples(rows)
+    >>> len(ex), dropped, [e.chosen for e in ex], [e.unsafe[0] for e in ex]
+    (6, {}, ['a0', 'b0', 'a1', 'b1', 'a2', 'b2'], [True, False, False, False, False, False])
+    >>> all(e.rejected[1] != e.prompt[1] for e in ex)  # the KL completion answers another prompt
+    True
+    """
+    flat = [(r, j) for r in rows for j in (0, 1)]
+    n = len(flat)
+    if n == 0:
+        return [], {}
+    prompts = {r.prompt for r in rows}
+    if len(prompts) < 2:
+        raise ValueError("unpaired (KTO) examples need rows with at least two different prompts")
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    # A cyclic shift of a shuffled order is a permutation without fixed points; shift
+    # further until no example gets a completion of its own prompt (at most a few tries
+    # for real data; every shift is tried before giving up).
+    for shift in range(1, n):
+        mate = {order[k]: order[(k + shift) % n] for k in range(n)}
+        if all(flat[i][0].prompt != flat[mate[i]][0].prompt for i in range(n)):
+            break
+    else:
+        raise ValueError("cannot mismatch every KTO example with another prompt's completion")
+    examples = []
+    for i, (row, j) in enumerate(flat):
+        other, k = flat[mate[i]]
+        examples.append(
+            Pair(
+                prompt=row.prompt,
+                chosen=row.responses[j],
+                rejected=other.responses[k],
+                unsafe=(row.unsafe[j], other.unsafe[k]),
+                row=row.index,
+            )
+        )
+    return examples, {}
+
+
+PairMode = Literal["safedpo", "helpful", "harmless", "safebetter", "unpaired"]
+PAIR_MODES: tuple[str, ...] = get_args(PairMode)
+
 PAIR_CONSTRUCTIONS: dict[str, Callable[..., Construction]] = {
     "safedpo": safedpo_pairs,
     "helpful": helpful_pairs,
     "harmless": harmless_pairs,
     "safebetter": safebetter_pairs,
+    "unpaired": unpaired_examples,
 }
+assert tuple(PAIR_CONSTRUCTIONS) == PAIR_MODES
+
+# Constructions whose pairs keep both safety labels for the loss kernel's T (the swap of an
+# unsafe winner over a safe loser happens in the kernel; both-unsafe pairs are dropped here
+# unless kept for the kernel to zero out). The other constructions already encode their
+# use of safety in which pairs exist and in what order.
+_FOR_SAFETY_TRANSFORM = frozenset({"safedpo"})
+
+
+def applies_safety_transform(mode: str) -> bool:
+    """Whether pairs of construction ``mode`` carry labels for the kernel's safety transform T.
+
+    >>> applies_safety_transform("safedpo"), applies_safety_transform("safebetter")
+    (True, False)
+    """
+    if mode not in PAIR_CONSTRUCTIONS:
+        raise ValueError(f"unknown pair construction {mode!r}; one of {sorted(PAIR_CONSTRUCTIONS)}")
+    return mode in _FOR_SAFETY_TRANSFORM
 
 
 def count_swapped(pairs: Sequence[Pair]) -> int:
@@ -153,7 +238,7 @@ def build_pairs(
     """
     if mode not in PAIR_CONSTRUCTIONS:
         raise ValueError(f"unknown pair construction {mode!r}; one of {sorted(PAIR_CONSTRUCTIONS)}")
-    if keep_both_unsafe and mode != "safedpo":
+    if keep_both_unsafe and not applies_safety_transform(mode):
         raise ValueError(f"keep_both_unsafe applies to 'safedpo' pairs only, not {mode!r}")
     if isinstance(rows, RawRows):
         source, split, num_rows = rows.source, rows.split, len(rows)
@@ -161,7 +246,8 @@ def build_pairs(
     else:
         source, split, num_rows = "<rows>", "", len(rows)
         valid, dropped = list(rows), {}
-    options = {"keep_both_unsafe": keep_both_unsafe} if mode == "safedpo" else {}
+    wrapped = applies_safety_transform(mode)
+    options = {"keep_both_unsafe": keep_both_unsafe} if wrapped else {}
     pairs, construction_drops = PAIR_CONSTRUCTIONS[mode](valid, **options)
     summary = DataSummary(
         source=source,
@@ -169,7 +255,7 @@ def build_pairs(
         pairs_mode=mode,
         rows=num_rows,
         pairs=len(pairs),
-        swapped=count_swapped(pairs) if mode == "safedpo" else 0,
+        swapped=count_swapped(pairs) if wrapped else 0,
         dropped=merge_counts(dropped, construction_drops),
     )
     return pairs, summary

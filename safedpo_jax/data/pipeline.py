@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from safedpo_jax.data.pairs import build_pairs, count_swapped
+from safedpo_jax.data.pairs import applies_safety_transform, build_pairs, count_swapped
 from safedpo_jax.data.rows import OnError, SafetyLabel, load_rows, validate_rows
 from safedpo_jax.data.summary import DataSummary, merge_counts
 from safedpo_jax.data.tokenization import (
@@ -71,7 +71,7 @@ def load_preference_data(
     summary = dataclasses.replace(
         summary,
         pairs=len(dataset),
-        swapped=count_swapped(dataset.pairs) if pairs == "safedpo" else 0,
+        swapped=count_swapped(dataset.pairs) if applies_safety_transform(pairs) else 0,
         truncated=dataset.truncated,
         truncated_responses=dataset.truncated_responses,
         dropped=merge_counts(summary.dropped, dataset.dropped),

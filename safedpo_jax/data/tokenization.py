@@ -41,7 +41,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
 
@@ -74,6 +74,7 @@ __all__ = [
 SAFE_RLHF_TEMPLATE = "BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT:"
 
 SFTResponses = Literal["both", "better", "safer", "safe"]
+SFT_RESPONSES: tuple[str, ...] = get_args(SFTResponses)
 
 
 def load_tokenizer(name_or_path: str | Path) -> Tokenizer:

@@ -23,9 +23,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from safedpo_jax import losses, sharding
+from safedpo_jax import sharding
 from safedpo_jax.data import BatchIterator
 from safedpo_jax.data.tokenization import SFTExample, tokenize_sft
+from safedpo_jax.logprobs import sequence_logps
+from safedpo_jax.models import Model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,10 +100,12 @@ def candidate_logprobs(
             f"{sum(dataset.dropped.values())}; raise max_length"
         )
 
-    @jax.jit
-    def logps(ids: jax.Array, mask: jax.Array, loss_mask: jax.Array) -> jax.Array:
-        logits = model(ids, mask)
-        return losses.sequence_logprobs(logits[:, :-1], ids[:, 1:], loss_mask[:, 1:])
+    # The trainer's log-prob path (`safedpo_jax.logprobs`: full or chunked logits by size),
+    # so exact evaluation and training agree on every number.
+    split = Model.split(model)
+    logps = jax.jit(
+        lambda m, ids, mask, loss_mask: sequence_logps(m, ids, mask, loss_mask, chunk_size=None)
+    )
 
     def put(x: np.ndarray) -> jax.Array:
         return (
@@ -113,7 +117,7 @@ def candidate_logprobs(
     flat = np.full(len(examples), np.nan)
     for batch in BatchIterator(dataset, batch_size=batch_size, shuffle=False):
         values = np.asarray(
-            logps(put(batch.input_ids), put(batch.attention_mask), put(batch.loss_mask))
+            logps(split, put(batch.input_ids), put(batch.attention_mask), put(batch.loss_mask))
         )
         real = batch.example_index >= 0
         flat[batch.example_index[real]] = values[real]

@@ -12,6 +12,7 @@ Nothing here imports a model, a dataset or the trainer; the trainer reduces the 
 """
 
 from safedpo_jax.losses.preference import *  # noqa: F403
-from safedpo_jax.losses.preference import Link, __all__ as _preference_all
+from safedpo_jax.losses.preference import Link
+from safedpo_jax.losses.preference import __all__ as _preference_all
 
 __all__ = [*_preference_all, "Link"]

@@ -38,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Mapping
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -45,8 +46,10 @@ import jax.numpy as jnp
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
 Link = Callable[[Array], Array]
+LinkName = Literal["sigmoid", "ipo", "hinge"]  # the links below, by name
 
 __all__ = [
+    "LinkName",
     "PreferenceOutput",
     "SafetyTransform",
     "chunked_sequence_logprobs",

@@ -1,7 +1,7 @@
 """`DecoderConfig`: the switches of the one decoder, round-tripping Hugging Face config.json.
 
-Four families share one decoder; they differ only in a few switches, which this module
-derives from the Hugging Face ``model_type``:
+Four families share one decoder; they differ only in a few switches, one row per Hugging
+Face ``model_type`` in the declarative table `FAMILIES`:
 
 ========  ===================  ==============  =============================================
 family    q/k/v (o) biases     q/k RMSNorm     attention window
@@ -52,15 +52,52 @@ from typing import Any, Literal
 
 import numpy as np
 
-SUPPORTED_MODEL_TYPES: tuple[str, ...] = ("llama", "mistral", "qwen2", "qwen3")
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """What tells one decoder family from another: one row of `FAMILIES` per ``model_type``.
+
+    class_prefix: the transformers class prefix (``Llama`` for ``LlamaForCausalLM``).
+    attention_bias: how config.json's ``attention_bias`` is treated: "switch" (biases on
+      q, k, v and o when set), "ignored" (the family has no such switch: Qwen2 always has
+      q/k/v biases and never an o bias), "rejected" (setting it is an error).
+    qkv_bias: q/k/v projections always have biases (Qwen2).
+    qk_norm: queries and keys pass a per-head RMSNorm before rope (Qwen3).
+    window: the attention window's spelling: "none" (full attention only), "uniform"
+      (``sliding_window`` on every layer or none, Mistral), "per_layer"
+      (``use_sliding_window`` + ``layer_types`` / ``max_window_layers``, Qwen).
+    head_dim_key: when `DecoderConfig.to_hf` writes ``head_dim``: "always" or "nondefault"
+      (only when it differs from hidden_size / heads, as Qwen2's config.json does).
+    writes_mlp_bias: config.json carries ``mlp_bias`` (always False here; Llama).
+
+    Adding a family whose decoder is this one (Gemma, Phi-3 and OLMo-2 are the likely
+    next, each with a switch or two to add here) is one row, plus its rows in the weight
+    key table of `safedpo_jax.models.hf` if its tensor names differ.
+    """
+
+    model_type: str
+    class_prefix: str
+    attention_bias: Literal["switch", "ignored", "rejected"]
+    qkv_bias: bool
+    qk_norm: bool
+    window: Literal["none", "uniform", "per_layer"]
+    head_dim_key: Literal["always", "nondefault"]
+    writes_mlp_bias: bool
+
+
+FAMILIES: dict[str, Family] = {
+    f.model_type: f
+    for f in (
+        Family("llama", "Llama", "switch", False, False, "none", "always", True),
+        Family("mistral", "Mistral", "rejected", False, False, "uniform", "always", False),
+        Family("qwen2", "Qwen2", "ignored", True, False, "per_layer", "nondefault", False),
+        Family("qwen3", "Qwen3", "switch", False, True, "per_layer", "always", False),
+    )
+}
+SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(FAMILIES)
 SUPPORTED_ROPE_TYPES: tuple[str, ...] = ("default", "linear", "llama3")
 # Class-name prefix of each family in transformers (``LlamaForCausalLM``, ...).
-FAMILY_CLASS_PREFIX: dict[str, str] = {
-    "llama": "Llama",
-    "mistral": "Mistral",
-    "qwen2": "Qwen2",
-    "qwen3": "Qwen3",
-}
+FAMILY_CLASS_PREFIX: dict[str, str] = {t: f.class_prefix for t, f in FAMILIES.items()}
 # safe-rlhf: the score type fixes the normalisation applied when ``do_normalize`` is set.
 SCORE_TYPE_NORMALIZE: dict[str, str] = {"reward": "affine", "cost": "scale", "critic": "identity"}
 
@@ -176,14 +213,14 @@ class DecoderConfig:
         set_("rope_scaling", tuple(sorted((str(k), v) for k, v in self.rope_scaling)))
         if isinstance(self.eos_token_id, list):
             set_("eos_token_id", tuple(self.eos_token_id))
-        if self.model_type in ("qwen2", "mistral") and self.attention_bias:
+        family = self.family
+        if family.attention_bias != "switch" and self.attention_bias:
             raise ValueError(f"{self.model_type} has no attention_bias switch")
         if self.sliding_window is not None and self.sliding_window < 1:
             raise ValueError(f"sliding_window must be positive, got {self.sliding_window}")
         if self.layer_types is None:
-            kind = "sliding_attention" if self.sliding_window is not None else "full_attention"
-            if self.model_type in ("llama", "qwen2", "qwen3"):
-                kind = "full_attention"
+            windowed = family.window == "uniform" and self.sliding_window is not None
+            kind = "sliding_attention" if windowed else "full_attention"
             set_("layer_types", (kind,) * self.num_hidden_layers)
         set_("layer_types", tuple(self.layer_types))
         if len(self.layer_types) != self.num_hidden_layers:
@@ -195,9 +232,9 @@ class DecoderConfig:
             raise ValueError(f"unsupported layer_types {sorted(set(self.layer_types))}")
         if "sliding_attention" in self.layer_types and self.sliding_window is None:
             raise ValueError("layer_types has sliding_attention layers but sliding_window is None")
-        if self.model_type == "llama" and "sliding_attention" in self.layer_types:
-            raise ValueError("llama has no sliding-window attention")
-        if self.model_type == "mistral" and len(set(self.layer_types)) > 1:
+        if family.window == "none" and "sliding_attention" in self.layer_types:
+            raise ValueError(f"{self.model_type} has no sliding-window attention")
+        if family.window == "uniform" and len(set(self.layer_types)) > 1:
             raise ValueError("mistral applies its sliding window to every layer or none")
         if self.score_type not in SCORE_TYPE_NORMALIZE:
             raise ValueError(
@@ -208,19 +245,24 @@ class DecoderConfig:
 
     # ----------------------------------------------------------------- switches
     @property
+    def family(self) -> Family:
+        """This ``model_type``'s row of `FAMILIES`."""
+        return FAMILIES[self.model_type]
+
+    @property
     def qkv_bias(self) -> bool:
         """Whether q/k/v projections have biases (always for Qwen2)."""
-        return self.model_type == "qwen2" or self.attention_bias
+        return self.family.qkv_bias or self.attention_bias
 
     @property
     def o_bias(self) -> bool:
         """Whether the output projection has a bias (Llama/Qwen3 ``attention_bias``)."""
-        return self.attention_bias and self.model_type != "qwen2"
+        return self.attention_bias and self.family.attention_bias == "switch"
 
     @property
     def qk_norm(self) -> bool:
         """Whether queries and keys pass a per-head RMSNorm before rope (Qwen3)."""
-        return self.model_type == "qwen3"
+        return self.family.qk_norm
 
     def layer_window(self, layer: int) -> int | None:
         """The attention window of ``layer`` (keys at most ``window - 1`` tokens back)."""
@@ -276,7 +318,8 @@ class DecoderConfig:
         if hf.get("mlp_bias"):
             raise ValueError("mlp_bias=True is not supported")
         rope_theta, rope_type, rope_scaling = _read_rope(hf)
-        sliding_window, layer_types = _read_window(hf, model_type)
+        family = FAMILIES[model_type]
+        sliding_window, layer_types = _read_window(hf, family)
         arch = tuple(hf.get("architectures") or ())
         kind = _kind_of(arch)
         score_dim = 1
@@ -307,7 +350,8 @@ class DecoderConfig:
             rope_theta=rope_theta,
             rope_type=rope_type,
             rope_scaling=tuple(rope_scaling.items()),
-            attention_bias=bool(hf.get("attention_bias", False)) and model_type != "qwen2",
+            attention_bias=bool(hf.get("attention_bias", False))
+            and family.attention_bias != "ignored",
             sliding_window=sliding_window,
             layer_types=layer_types,
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
@@ -325,7 +369,7 @@ class DecoderConfig:
 
     def to_hf(self) -> dict[str, Any]:
         """The Hugging Face ``config.json`` dict (transformers >= 5 spelling)."""
-        mt = self.model_type
+        mt, family = self.model_type, self.family
         out: dict[str, Any] = {k: json.loads(v) for k, v in self.extra}
         out.update(
             model_type=mt,
@@ -356,15 +400,16 @@ class DecoderConfig:
         )
         if self.torch_dtype is not None:
             out["dtype"] = self.torch_dtype
-        if mt != "qwen2" or self.head_dim != self.hidden_size // self.num_attention_heads:
+        default_head_dim = self.head_dim == self.hidden_size // self.num_attention_heads
+        if family.head_dim_key == "always" or not default_head_dim:
             out["head_dim"] = self.head_dim
-        if mt in ("llama", "qwen3"):
+        if family.attention_bias == "switch":
             out["attention_bias"] = self.attention_bias
-        if mt == "llama":
+        if family.writes_mlp_bias:
             out["mlp_bias"] = False
-        if mt == "mistral":
+        if family.window == "uniform":
             out["sliding_window"] = self.sliding_window
-        if mt in ("qwen2", "qwen3"):
+        if family.window == "per_layer":
             out["use_sliding_window"] = self.sliding_window is not None
             out["sliding_window"] = self.sliding_window
             out["layer_types"] = list(self.layer_types)
@@ -436,17 +481,17 @@ def _read_rope(hf: Mapping[str, Any]) -> tuple[float, str, dict[str, float | int
 
 
 def _read_window(
-    hf: Mapping[str, Any], model_type: str
+    hf: Mapping[str, Any], family: Family
 ) -> tuple[int | None, tuple[str, ...] | None]:
     """``(sliding_window, layer_types)`` with Hugging Face's per-family defaults."""
     n = hf["num_hidden_layers"]
-    if model_type == "llama":
+    if family.window == "none":
         return None, None
-    if model_type == "mistral":
+    if family.window == "uniform":
         window = hf.get("sliding_window")
         kind = "sliding_attention" if window is not None else "full_attention"
         return window, (kind,) * n
-    # qwen2 / qwen3: the window only counts when use_sliding_window is set.
+    # "per_layer" (Qwen2, Qwen3): the window only counts when use_sliding_window is set.
     window = hf.get("sliding_window") if hf.get("use_sliding_window", False) else None
     layer_types = hf.get("layer_types")
     if layer_types is None:

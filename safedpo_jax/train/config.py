@@ -11,20 +11,29 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import sys
-import types
-import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-PAIR_MODES = ("safedpo", "helpful", "harmless", "safebetter")
-LOSSES = ("sigmoid", "ipo", "hinge")
-REFERENCE_MODES = ("in_step", "cached")
-OBJECTIVES = ("preference", "sft")
-SFT_RESPONSES = ("both", "better", "safer", "safe")
-DTYPES = ("float32", "bfloat16", "float16")
+from safedpo_jax.data.pairs import PairMode
+from safedpo_jax.data.rows import SafetyLabel
+from safedpo_jax.data.tokenization import SFTResponses
+from safedpo_jax.losses import LinkName
+from safedpo_jax.models.options import DTYPE_NAMES, DTypeName
+
+# The enumerations of the config come from the modules that own them; the command line's
+# choices are read off the Literal annotations (`build_parser`), so each has one source.
+ReferenceMode = Literal["in_step", "cached"]
+# One name per builder of `safedpo_jax.train.objectives.OBJECTIVES` (a test checks this).
+ObjectiveName = Literal["preference", "sft"]
+Template = Literal["safe_rlhf", "chat"]
+LOSSES: tuple[str, ...] = get_args(LinkName)
+REFERENCE_MODES: tuple[str, ...] = get_args(ReferenceMode)
+OBJECTIVES: tuple[str, ...] = get_args(ObjectiveName)
+DTYPES = DTYPE_NAMES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,8 +111,8 @@ class TrainConfig:
     model: str | None = None
     ref_model: str | None = None
     model_config: dict[str, Any] | str | None = None
-    dtype: str = "bfloat16"
-    param_dtype: str = "float32"
+    dtype: DTypeName = "bfloat16"
+    param_dtype: DTypeName = "float32"
     remat: bool = False
     attention_impl: str | None = None
     # data
@@ -111,20 +120,20 @@ class TrainConfig:
     dataset_config: str | None = None
     split: str = "train"
     eval_split: str | None = "test"
-    pairs: str = "safedpo"
+    pairs: PairMode = "safedpo"
     tokenizer: str | None = None
     max_length: int = 512
-    template: str = "safe_rlhf"
-    safety_label: str = "is_safe"
+    template: Template = "safe_rlhf"
+    safety_label: SafetyLabel = "is_safe"
     keep_both_unsafe: bool = False
     # objective
-    objective: str = "preference"
-    sft_responses: str = "both"
-    loss: str = "sigmoid"
+    objective: ObjectiveName = "preference"
+    sft_responses: SFTResponses = "both"
+    loss: LinkName = "sigmoid"
     beta: float = 0.1
     delta: float = 10.0
     label_smoothing: float = 0.0
-    reference: str = "in_step"
+    reference: ReferenceMode = "in_step"
     ref_cache_dir: str | None = None
     logprob_chunk_size: int | None = None
     # optimisation
@@ -158,26 +167,12 @@ class TrainConfig:
     export: bool = True
 
     def __post_init__(self) -> None:
+        for name, annotation in _hints().items():
+            choices = _literal_choices(annotation)
+            value = getattr(self, name)
+            if choices is not None and value is not None and value not in choices:
+                raise ValueError(f"TrainConfig: {name} must be one of {choices}, got {value!r}")
         checks = [
-            (self.pairs in PAIR_MODES, f"pairs must be one of {PAIR_MODES}, got {self.pairs!r}"),
-            (self.loss in LOSSES, f"loss must be one of {LOSSES}, got {self.loss!r}"),
-            (
-                self.objective in OBJECTIVES,
-                f"objective must be one of {OBJECTIVES}, got {self.objective!r}",
-            ),
-            (
-                self.sft_responses in SFT_RESPONSES,
-                f"sft_responses must be one of {SFT_RESPONSES}, got {self.sft_responses!r}",
-            ),
-            (
-                self.reference in REFERENCE_MODES,
-                f"reference must be one of {REFERENCE_MODES}, got {self.reference!r}",
-            ),
-            (self.dtype in DTYPES, f"dtype must be one of {DTYPES}, got {self.dtype!r}"),
-            (
-                self.param_dtype in DTYPES,
-                f"param_dtype must be one of {DTYPES}, got {self.param_dtype!r}",
-            ),
             (self.beta > 0, f"beta must be > 0, got {self.beta}"),
             (self.delta >= 0, f"delta must be >= 0, got {self.delta}"),
             (self.batch_size > 0, f"batch_size must be positive, got {self.batch_size}"),
@@ -287,6 +282,21 @@ def from_preset(name: str = "paper", **overrides: Any) -> TrainConfig:
     return TrainConfig(**fields)
 
 
+@functools.cache
+def _hints() -> dict[str, Any]:
+    return get_type_hints(TrainConfig)
+
+
+def _literal_choices(annotation: Any) -> tuple[str, ...] | None:
+    """The allowed values of a ``Literal[...]`` (or ``Literal[...] | None``) annotation."""
+    if get_origin(annotation) is Literal:
+        return get_args(annotation)
+    for arg in get_args(annotation):
+        if get_origin(arg) is Literal:
+            return get_args(arg)
+    return None
+
+
 def _parse_bool(text: str) -> bool:
     lowered = text.lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -304,22 +314,21 @@ def _none_or(kind: type) -> Any:
     return parse
 
 
-def _field_parser(annotation: Any) -> Any:
-    """An argparse ``type`` for a dataclass field annotation (as a string or a type)."""
-    hints = {"str | None": _none_or(str), "int | None": _none_or(int)}
-    if isinstance(annotation, str):
-        if annotation in hints:
-            return hints[annotation]
-        annotation = eval(annotation, {**typing.__dict__, "Any": Any})  # noqa: S307
+def _field_parser(annotation: Any) -> tuple[Any, tuple[str, ...] | None]:
+    """``(argparse type, choices)`` for a resolved field annotation."""
     if annotation is bool:
-        return _parse_bool
+        return _parse_bool, None
     if annotation in (int, float, str):
-        return annotation
-    args = typing.get_args(annotation)
-    if isinstance(annotation, types.UnionType) and type(None) in args:
-        inner = [a for a in args if a is not type(None)]
-        return _none_or(inner[0] if inner[0] in (int, float, str) else str)
-    return str
+        return annotation, None
+    if get_origin(annotation) is Literal:
+        return str, get_args(annotation)
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    if type(None) in get_args(annotation) and args:
+        inner = args[0]
+        if get_origin(inner) is Literal:
+            return _none_or(str), get_args(inner)
+        return _none_or(inner if inner in (int, float, str) else str), None
+    return str, None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -332,21 +341,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--print-config", action="store_true", help="print the resolved config and exit"
     )
+    hints = _hints()
     for field in dataclasses.fields(TrainConfig):
         flag = "--" + field.name.replace("_", "-")
-        kind = _field_parser(field.type)
-        extra: dict[str, Any] = {}
-        if field.name == "pairs":
-            extra["choices"] = PAIR_MODES
-        elif field.name == "loss":
-            extra["choices"] = LOSSES
-        elif field.name == "reference":
-            extra["choices"] = REFERENCE_MODES
-        elif field.name == "objective":
-            extra["choices"] = OBJECTIVES
-        elif field.name == "sft_responses":
-            extra["choices"] = SFT_RESPONSES
-        parser.add_argument(flag, dest=field.name, type=kind, default=None, **extra)
+        kind, choices = _field_parser(hints[field.name])
+        parser.add_argument(flag, dest=field.name, type=kind, default=None, choices=choices)
     return parser
 
 

@@ -1,12 +1,14 @@
-"""The training loop: data, models, mesh, the jitted step, eval, checkpoints, export.
+"""The training loop: set-up, run, export, for any objective.
 
-`train` runs one `TrainConfig` from start (or from its last checkpoint) to the end:
+`train` runs one `TrainConfig` from start (or from its last checkpoint) to the end, in three
+parts a reader can follow a batch through:
 
-    rows -> pairs (counted drops) -> tokenised pairs -> BatchIterator (this host's share)
-      -> StepBatch on the mesh -> train_step (policy once over chosen+rejected, reference
-      in-step or cached, SafeDPO kernel, accumulation, clipping, AdamW)
-      -> metrics.jsonl / TensorBoard / progress bar, orbax checkpoints, held-out eval
-      -> OUTPUT_DIR/hf (the policy in Hugging Face format, with its tokenizer)
+    prepare: tokenizer -> objective (`build_objective`) -> its datasets (counted drops)
+      -> policy and reference on the mesh -> optimizer and state (`setup_step`)
+      -> cached reference log-probs (`reference.cache_reference`), or the reference in step
+    run: BatchIterator (this host's share) -> objective.device_batch -> the jitted step
+      -> metrics.jsonl / TensorBoard / progress bar, held-out eval, orbax checkpoints
+    export: OUTPUT_DIR/hf (the policy in Hugging Face format, with its tokenizer)
 """
 
 from __future__ import annotations
@@ -15,35 +17,31 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 from jax.experimental import multihost_utils
 
 from safedpo_jax import losses, models, sharding
-from safedpo_jax.data import (
-    BatchIterator,
-    DataSummary,
-    PairDataset,
-    SFTDataset,
-    load_preference_data,
-    load_sft_data,
-    load_tokenizer,
-)
+from safedpo_jax.data import BatchIterator, DataSummary, load_tokenizer
 from safedpo_jax.train import reference as ref_cache
 from safedpo_jax.train import step as steps
 from safedpo_jax.train.checkpoint import Checkpointer, abstract_like
 from safedpo_jax.train.config import TrainConfig
 from safedpo_jax.train.metrics_log import MetricsLog
+from safedpo_jax.train.objectives import Objective, build_objective
+from safedpo_jax.train.setup import (
+    StepSetup,
+    build_model,
+    initialize_distributed,
+    setup_step,
+    tokenizer_source,
+)
 
 log = logging.getLogger("safedpo_jax.train")
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 class NonFiniteError(FloatingPointError):
@@ -64,114 +62,108 @@ class TrainResult:
     state: steps.TrainState
 
 
-# --------------------------------------------------------------------------------------
-# Set-up helpers
-# --------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Run:
+    """Everything `prepare` builds for `run_steps` and `export`."""
 
-
-def initialize_distributed(config: TrainConfig) -> None:
-    """Runs `jax.distributed.initialize` for multi-host runs (before any device use)."""
-    if not (config.distributed or config.coordinator_address):
-        return
-    # Cross-process collectives between CPU devices (tests, CPU clusters) go through gloo;
-    # the setting does not affect GPU or TPU collectives.
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    kwargs = {}
-    if config.coordinator_address:
-        kwargs = {
-            "coordinator_address": config.coordinator_address,
-            "num_processes": config.num_processes,
-            "process_id": config.process_id,
-        }
-    jax.distributed.initialize(**kwargs)
-
-
-def tokenizer_source(config: TrainConfig) -> str:
-    """``tokenizer``, else the policy checkpoint, else the embedded sample's tokenizer."""
-    if config.tokenizer:
-        return config.tokenizer
-    if config.model:
-        return config.model
-    if config.dataset == "sample":
-        return "sample"
-    raise ValueError("a randomly initialised model needs --tokenizer (or --dataset sample)")
-
-
-def random_model_config(config: TrainConfig, tokenizer: Any) -> models.DecoderConfig:
-    """The `DecoderConfig` of a random model: ``model_config`` plus the tokenizer's ids."""
-    hf = dict(config.model_config or {})
-    hf.setdefault("vocab_size", len(tokenizer))
-    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
-        value = getattr(tokenizer, name, None)
-        if value is not None:
-            hf.setdefault(name, value)
-    if hf["vocab_size"] < len(tokenizer):
-        raise ValueError(
-            f"model_config vocab_size {hf['vocab_size']} is smaller than the tokenizer's "
-            f"{len(tokenizer)} tokens"
-        )
-    return models.DecoderConfig.from_hf(hf)
-
-
-def build_model(
-    config: TrainConfig, path: str | None, tokenizer: Any, mesh: jax.sharding.Mesh, seed: int
-) -> models.CausalLM:
-    """Loads ``path`` (sharded straight onto the mesh) or initialises a random model."""
-    options = {
-        "dtype": DTYPES[config.dtype],
-        "param_dtype": DTYPES[config.param_dtype],
-        "mesh": mesh,
-        "remat": config.remat,
-        "attention_impl": config.attention_impl,
-    }
-    if path is not None:
-        model = models.from_pretrained(path, **options)
-    else:
-        model = models.init_model(
-            random_model_config(config, tokenizer), rngs=nnx.Rngs(seed), **options
-        )
-    if not isinstance(model, models.CausalLM):
-        raise ValueError(f"{path} is a score model, not a causal language model")
-    vocab = model.config.vocab_size
-    if vocab < len(tokenizer):
-        raise ValueError(
-            f"the model's vocabulary ({vocab}) is smaller than the tokenizer's ({len(tokenizer)})"
-        )
-    return model
+    config: TrainConfig
+    output_dir: Path
+    primary: bool
+    tokenizer: Any
+    objective: Objective
+    setup: StepSetup
+    train_ds: Any
+    eval_ds: Any | None
+    summary: dict[str, Any]
+    iterator: BatchIterator
+    total_steps: int
+    cached: dict[str, np.ndarray]
 
 
 def load_datasets(
-    config: TrainConfig, tokenizer: Any
-) -> tuple[
-    PairDataset | SFTDataset, DataSummary, PairDataset | SFTDataset | None, DataSummary | None
-]:
-    """The training and (optional) held-out datasets with their summaries."""
-    common = {
-        "tokenizer": tokenizer,
-        "max_length": config.max_length,
-        "template": config.template,
-        "config": config.dataset_config,
-        "safety_label": config.safety_label,
-    }
-    if config.objective == "sft":
-        load = lambda split: load_sft_data(
-            config.dataset, split=split, responses=config.sft_responses, **common
-        )
-    else:
-        load = lambda split: load_preference_data(
-            config.dataset,
-            split=split,
-            pairs=config.pairs,
-            keep_both_unsafe=config.keep_both_unsafe,
-            **common,
-        )
-    train_ds, train_summary = load(config.split)
+    config: TrainConfig, objective: Objective, tokenizer: Any
+) -> tuple[Any, DataSummary, Any | None, DataSummary | None]:
+    """The training and (optional) held-out datasets of ``objective`` with their summaries."""
+    train_ds, train_summary = objective.load_data(config, tokenizer, config.split)
     if len(train_ds) == 0:
         raise ValueError(f"no training examples left in {config.dataset}:{config.split}")
     if config.eval_split is None:
         return train_ds, train_summary, None, None
-    eval_ds, eval_summary = load(config.eval_split)
+    eval_ds, eval_summary = objective.load_data(config, tokenizer, config.eval_split)
     return train_ds, train_summary, eval_ds, eval_summary
+
+
+def prepare(config: TrainConfig) -> Run:
+    """Output directory, data, models, optimizer, state and (if asked) cached reference."""
+    initialize_distributed(config)
+    primary = jax.process_index() == 0
+    output_dir = Path(config.output_dir)
+    if primary:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "config.json").write_text(config.to_json())
+    mesh = sharding.make_mesh(config.mesh_data, config.mesh_fsdp, config.mesh_tensor)
+
+    tokenizer = load_tokenizer(tokenizer_source(config))
+    objective = build_objective(config)
+    train_ds, train_summary, eval_ds, eval_summary = load_datasets(config, objective, tokenizer)
+    summary = {"train": train_summary.to_dict()}
+    if eval_summary is not None:
+        summary["eval"] = eval_summary.to_dict()
+    if primary:
+        print(train_summary.to_text(), flush=True)
+        (output_dir / "data_summary.json").write_text(json.dumps(summary, indent=2))
+
+    policy = build_model(config, config.model, tokenizer, mesh, config.seed)
+    # The frozen reference: the same weights as the initial policy unless --ref-model.
+    reference = None
+    ref_path = config.reference_model
+    if objective.uses_reference and ref_path is not None and ref_path != config.model:
+        reference = build_model(config, ref_path, tokenizer, mesh, config.seed)
+
+    iterator = BatchIterator(
+        train_ds,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        num_epochs=None,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    total_steps = config.max_steps or config.epochs * iterator.steps_per_epoch
+    setup = setup_step(
+        config, policy, mesh, reference=reference, total_steps=total_steps, objective=objective
+    )
+    del policy, reference
+
+    cached: dict[str, np.ndarray] = {}
+    if objective.uses_reference and config.reference == "cached":
+        datasets = {"train": train_ds} if eval_ds is None else {"train": train_ds, "eval": eval_ds}
+        cached = ref_cache.cache_reference(
+            setup,
+            datasets,
+            reference_path=ref_path,
+            random_init=None
+            if ref_path is not None
+            else {"config": config.model_config, "seed": config.seed},
+            cache_dir=config.ref_cache_dir,
+            batch_size=config.batch_size,
+            dtype=config.dtype,
+            chunk_size=config.logprob_chunk_size,
+            announce=(lambda text: print(text, flush=True)) if primary else None,
+        )
+    return Run(
+        config=config,
+        output_dir=output_dir,
+        primary=primary,
+        tokenizer=tokenizer,
+        objective=objective,
+        setup=setup,
+        train_ds=train_ds,
+        eval_ds=eval_ds,
+        summary=summary,
+        iterator=iterator,
+        total_steps=total_steps,
+        cached=cached,
+    )
 
 
 def _progress(total: int, initial: int, enabled: bool) -> Any:
@@ -185,103 +177,46 @@ def _scalar_metrics(metrics: dict[str, jax.Array]) -> dict[str, float]:
     return {k: float(np.asarray(v)) for k, v in host.items()}
 
 
-# --------------------------------------------------------------------------------------
-# The run
-# --------------------------------------------------------------------------------------
+def _device_batch(run: Run, host: Any, split: str) -> Any:
+    """A host batch on the mesh, with its cached reference log-probs when there are some."""
+    ref = None
+    if split in run.cached:
+        index = np.where(host.pair_index >= 0, host.pair_index, 0)
+        ref = np.where(host.valid[:, None], run.cached[split][index], 0.0)
+    return run.objective.device_batch(host, run.setup.mesh, ref)
 
 
-def train(config: TrainConfig) -> TrainResult:
-    """Runs (or resumes) training as ``config`` says; see the module docstring."""
-    initialize_distributed(config)
-    primary = jax.process_index() == 0
-    output_dir = Path(config.output_dir)
-    if primary:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "config.json").write_text(config.to_json())
-    mesh = sharding.make_mesh(config.mesh_data, config.mesh_fsdp, config.mesh_tensor)
-
-    tokenizer = load_tokenizer(tokenizer_source(config))
-    train_ds, train_summary, eval_ds, eval_summary = load_datasets(config, tokenizer)
-    summary = {"train": train_summary.to_dict()}
-    if eval_summary is not None:
-        summary["eval"] = eval_summary.to_dict()
-    if primary:
-        print(train_summary.to_text(), flush=True)
-        (output_dir / "data_summary.json").write_text(json.dumps(summary, indent=2))
-
-    sft = config.objective == "sft"
-    policy = build_model(config, config.model, tokenizer, mesh, config.seed)
-    # The frozen reference: the same weights as the initial policy unless --ref-model.
-    reference = None
-    ref_path = config.reference_model
-    if not sft and ref_path is not None and ref_path != config.model:
-        reference = build_model(config, ref_path, tokenizer, mesh, config.seed)
-
-    iterator = BatchIterator(
-        train_ds,
+def _evaluate(run: Run, eval_fn: Any, params: Any) -> dict[str, float]:
+    """Metrics of the objective on the held-out split (``eval/*``)."""
+    config = run.config
+    host_batches = BatchIterator(
+        run.eval_ds,
         batch_size=config.batch_size,
-        seed=config.seed,
-        num_epochs=None,
+        shuffle=False,
+        num_epochs=1,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
-    total_steps = config.max_steps or config.epochs * iterator.steps_per_epoch
-    setup = steps.setup_step(config, policy, mesh, reference=reference, total_steps=total_steps)
-    del policy, reference
-    graphdef, rest = setup.graphdef, setup.rest
-    ref_graphdef, ref_rest, ref_params = setup.ref_graphdef, setup.ref_rest, setup.ref_params
+    total = None
+    for i, host in enumerate(host_batches):
+        if config.eval_batches is not None and i >= config.eval_batches:
+            break
+        sums = eval_fn(params, run.setup.reference, _device_batch(run, host, "eval"))
+        total = sums if total is None else jax.tree.map(jnp.add, total, sums)
+    if total is None:
+        return {}
+    return {f"eval/{k}": v for k, v in _scalar_metrics(losses.finalize_metrics(total)).items()}
+
+
+def run_steps(run: Run) -> TrainResult:
+    """Resumes from the last checkpoint (if any) and trains to ``run.total_steps``."""
+    config, setup, iterator, total_steps = run.config, run.setup, run.iterator, run.total_steps
     state = setup.state
-
-    # Cached reference log-probs: one pass per split, then the reference is freed.
-    cached: dict[str, np.ndarray] = {}
-    if not sft and config.reference == "cached":
-        fingerprint = ref_cache.model_fingerprint(
-            ref_path,
-            random_init={"config": config.model_config, "seed": config.seed}
-            if ref_path is None
-            else None,
-        )
-        logps_fn = setup.reference_logps()
-        for split, ds in (("train", train_ds), ("eval", eval_ds)):
-            if ds is None:
-                continue
-            key = ref_cache.cache_key(
-                fingerprint,
-                ref_cache.dataset_fingerprint(ds),
-                dtype=config.dtype,
-                chunk_size=config.logprob_chunk_size,
-            )
-            values, path, hit = ref_cache.load_or_compute(
-                config.ref_cache_dir,
-                key,
-                lambda ds=ds: ref_cache.compute_reference_logps(
-                    ds,
-                    lambda b: logps_fn(ref_params, b),
-                    lambda b: steps.pair_step_batch(b, mesh),
-                    batch_size=config.batch_size,
-                ),
-                expected_rows=len(ds),
-            )
-            cached[split] = values
-            if primary:
-                print(f"reference log-probs ({split}): {'reused' if hit else 'computed'} {path}")
-        ref_params = setup.ref_params = None  # the reference's memory is free from here on
-
-    step_fn = setup.compile(reference_in_step=ref_params is not None)
-
-    def device_batch(host: Any, split: str) -> Any:
-        if sft:
-            return steps.sft_step_batch(host, mesh)
-        ref = None
-        if split in cached:
-            index = np.where(host.pair_index >= 0, host.pair_index, 0)
-            ref = np.where(host.valid[:, None], cached[split][index], 0.0)
-        return steps.pair_step_batch(host, mesh, ref)
-
+    step_fn = setup.compile(reference_in_step=setup.reference is not None)
     checkpointer = Checkpointer(
-        output_dir / "checkpoints", save_every=config.save_every, keep=config.keep_checkpoints
+        run.output_dir / "checkpoints", save_every=config.save_every, keep=config.keep_checkpoints
     )
-    metrics_log = MetricsLog(output_dir, enabled=primary)
+    metrics_log = MetricsLog(run.output_dir, enabled=run.primary)
     start, resumed_from = 0, None
     restored = checkpointer.restore_latest(abstract_like(state))
     if restored is not None:
@@ -289,41 +224,22 @@ def train(config: TrainConfig) -> TrainResult:
         iterator.restore(meta["data"])
         start = resumed_from
         metrics_log.truncate_after(resumed_from)
-        if primary:
+        if run.primary:
             print(f"resumed from {checkpointer.directory / str(resumed_from)}", flush=True)
 
     eval_fn = None
-    if eval_ds is not None:
-        eval_fn = _make_eval(config, graphdef, rest, ref_graphdef, ref_rest, sft)
-
-    def run_eval() -> dict[str, float]:
-        host_batches = BatchIterator(
-            eval_ds,
-            batch_size=config.batch_size,
-            shuffle=False,
-            num_epochs=1,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
-        )
-        total = None
-        for i, host in enumerate(host_batches):
-            if config.eval_batches is not None and i >= config.eval_batches:
-                break
-            sums = eval_fn(state.params, ref_params, device_batch(host, "eval"))
-            total = sums if total is None else jax.tree.map(jnp.add, total, sums)
-        if total is None:
-            return {}
-        return {f"eval/{k}": v for k, v in _scalar_metrics(losses.finalize_metrics(total)).items()}
+    if run.eval_ds is not None:
+        eval_fn = steps.make_eval_sums(run.objective, setup.policy)
 
     last_metrics: dict[str, float] = {}
     eval_metrics: dict[str, float] = {}
-    bar = _progress(total_steps, start, primary)
+    bar = _progress(total_steps, start, run.primary)
     window_tokens, window_start = 0.0, time.perf_counter()
     try:
-        with jax.set_mesh(mesh):
+        with jax.set_mesh(setup.mesh):
             for step in range(start, total_steps):
                 host = next(iterator)
-                state, metrics = step_fn(state, ref_params, device_batch(host, "train"))
+                state, metrics = step_fn(state, setup.reference, _device_batch(run, host, "train"))
                 if not bool(metrics["finite"]):
                     raise NonFiniteError(
                         f"step {step + 1}: the loss or the gradient is not finite "
@@ -347,7 +263,7 @@ def train(config: TrainConfig) -> TrainResult:
                     )
                     window_tokens, window_start = 0.0, time.perf_counter()
                 if eval_fn is not None and config.eval_every and done % config.eval_every == 0:
-                    eval_metrics = run_eval()
+                    eval_metrics = _evaluate(run, eval_fn, state.params)
                     metrics_log.write(done, eval_metrics)
                 if done % config.save_every == 0:
                     checkpointer.save(
@@ -356,7 +272,7 @@ def train(config: TrainConfig) -> TrainResult:
                 bar.update(1)
             final_eval_due = not config.eval_every or total_steps % config.eval_every
             if eval_fn is not None and start < total_steps and final_eval_due:
-                eval_metrics = run_eval()
+                eval_metrics = _evaluate(run, eval_fn, state.params)
                 metrics_log.write(total_steps, eval_metrics)
             if total_steps not in checkpointer.steps():
                 checkpointer.save(
@@ -366,47 +282,32 @@ def train(config: TrainConfig) -> TrainResult:
         bar.close()
         checkpointer.close()
         metrics_log.close()
-
-    export_dir = None
-    if config.export:
-        export_dir = output_dir / "hf"
-        final = nnx.merge(graphdef, state.params, rest)
-        models.save_pretrained(final, export_dir)
-        if primary:
-            tokenizer.save_pretrained(str(export_dir))
-        multihost_utils.sync_global_devices("export")
     return TrainResult(
         step=total_steps,
         metrics=last_metrics,
         eval_metrics=eval_metrics,
-        output_dir=output_dir,
-        export_dir=export_dir,
-        data_summary=summary,
+        output_dir=run.output_dir,
+        export_dir=None,
+        data_summary=run.summary,
         resumed_from=resumed_from,
         state=state,
     )
 
 
-def _make_eval(
-    config: TrainConfig,
-    graphdef: nnx.GraphDef,
-    rest: nnx.State,
-    ref_graphdef: nnx.GraphDef | None,
-    ref_rest: nnx.State | None,
-    sft: bool,
-) -> Callable[..., dict[str, jax.Array]]:
-    """A jitted function from (params, ref_params, batch) to metric sums."""
+def export(run: Run, state: steps.TrainState) -> Path:
+    """Writes the trained policy (and the tokenizer) to ``OUTPUT_DIR/hf``."""
+    export_dir = run.output_dir / "hf"
+    models.save_pretrained(run.setup.policy.with_params(state.params).merge(), export_dir)
+    if run.primary:
+        run.tokenizer.save_pretrained(str(export_dir))
+    multihost_utils.sync_global_devices("export")
+    return export_dir
 
-    @jax.jit
-    def eval_sums(
-        params: nnx.State, ref_params: nnx.State | None, batch: Any
-    ) -> dict[str, jax.Array]:
-        if sft:
-            logps, tokens = steps.sft_forward(config, graphdef, params, rest, batch)
-            return {"loss": jnp.stack([-jnp.sum(logps), tokens])}
-        out = steps.preference_forward(
-            config, graphdef, params, rest, ref_graphdef, ref_params, ref_rest, batch
-        )
-        return losses.metric_sums(out, batch.valid)
 
-    return eval_sums
+def train(config: TrainConfig) -> TrainResult:
+    """Runs (or resumes) training as ``config`` says; see the module docstring."""
+    run = prepare(config)
+    result = run_steps(run)
+    if config.export:
+        result.export_dir = export(run, result.state)
+    return result

@@ -157,3 +157,44 @@ def load_or_compute(
         os.replace(tmp, path)
     multihost_utils.sync_global_devices(f"reference-cache-{key}")
     return logps, path, False
+
+
+def cache_reference(
+    setup: Any,
+    datasets: dict[str, PairDataset],
+    *,
+    reference_path: str | None,
+    random_init: dict[str, Any] | None,
+    cache_dir: str | Path | None,
+    batch_size: int,
+    dtype: str,
+    chunk_size: int | None,
+    announce: Callable[[str], None] | None = None,
+) -> dict[str, np.ndarray]:
+    """Cached reference log-probs ``{split: [N, 2]}`` of each dataset, then frees the reference.
+
+    ``setup`` is the run's `safedpo_jax.train.setup.StepSetup`: its reference model runs over
+    each dataset once (through the same log-prob path as an in-step reference) unless the
+    cache already holds the result; afterwards ``setup.reference`` is None, so the
+    reference's memory is released before training starts.
+    """
+    fingerprint = model_fingerprint(reference_path, random_init=random_init)
+    logps_fn = setup.reference_logps()
+    reference = setup.reference
+    to_device = lambda b: setup.objective.device_batch(b, setup.mesh, None)  # noqa: E731
+    cached: dict[str, np.ndarray] = {}
+    for split, ds in datasets.items():
+        key = cache_key(fingerprint, dataset_fingerprint(ds), dtype=dtype, chunk_size=chunk_size)
+        values, path, hit = load_or_compute(
+            cache_dir,
+            key,
+            lambda ds=ds: compute_reference_logps(
+                ds, lambda b: logps_fn(reference, b), to_device, batch_size=batch_size
+            ),
+            expected_rows=len(ds),
+        )
+        cached[split] = values
+        if announce is not None:
+            announce(f"reference log-probs ({split}): {'reused' if hit else 'computed'} {path}")
+    setup.reference = None  # the reference's memory is free from here on
+    return cached

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from safedpo_jax import models, sharding
-from safedpo_jax.train import step as steps
+from safedpo_jax import logprobs, models, sharding
 from safedpo_jax.train.config import from_preset
+from safedpo_jax.train.objectives import StepBatch
+from safedpo_jax.train.setup import setup_step
 
 MICRO = {
     "model_type": "llama",
@@ -51,7 +52,7 @@ def batch(ref_logps=None):
     lengths = rng.integers(T // 2, T + 1, (B, 2))
     attention = np.arange(T)[None, None, :] < lengths[..., None]
     loss_mask = attention & (np.arange(T) >= 4)[None, None, :]
-    return steps.StepBatch(
+    return StepBatch(
         input_ids=jnp.asarray(rng.integers(1, 64, (B, 2, T)), jnp.int32),
         attention_mask=jnp.asarray(attention, jnp.int32),
         loss_mask=jnp.asarray(loss_mask),
@@ -63,18 +64,18 @@ def batch(ref_logps=None):
 
 def first_loss(setup, *, reference_in_step, step_batch):
     fn = setup.compile(reference_in_step=reference_in_step)
-    ref_params = setup.ref_params if reference_in_step else None
+    reference = setup.reference if reference_in_step else None
     with jax.set_mesh(setup.mesh):
-        _, metrics = fn(setup.state, ref_params, step_batch)
+        _, metrics = fn(setup.state, reference, step_batch)
     return float(metrics["loss"])
 
 
 def test_setup_step_cached_reference_equals_in_step(mesh):
-    setup = lambda: steps.setup_step(  # noqa: E731
+    setup = lambda: setup_step(  # noqa: E731
         config(), build(mesh, 0), mesh, reference=build(mesh, 1), total_steps=4
     )
     in_step, cached = setup(), setup()
-    ref = cached.reference_logps()(cached.ref_params, batch())
+    ref = cached.reference_logps()(cached.reference, batch())
     assert ref.shape == (B, 2) and ref.dtype == jnp.float32
     want = first_loss(in_step, reference_in_step=True, step_batch=batch())
     got = first_loss(cached, reference_in_step=False, step_batch=batch(ref))
@@ -83,41 +84,42 @@ def test_setup_step_cached_reference_equals_in_step(mesh):
 
 
 def test_setup_step_without_reference_copies_the_policy(mesh):
-    setup = steps.setup_step(config(), build(mesh, 0), mesh, total_steps=4)
-    ref, policy = jax.tree.leaves(setup.ref_params), jax.tree.leaves(setup.state.params)
+    setup = setup_step(config(), build(mesh, 0), mesh, total_steps=4)
+    ref, policy = jax.tree.leaves(setup.reference.params), jax.tree.leaves(setup.state.params)
     for a, b in zip(ref, policy, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     np.testing.assert_allclose(
         first_loss(setup, reference_in_step=True, step_batch=batch()), np.log(2), rtol=1e-6
     )
-    sft = steps.setup_step(config(objective="sft"), build(mesh, 0), mesh, total_steps=4)
-    assert sft.ref_params is None and sft.ref_graphdef is None
+    sft = setup_step(config(objective="sft"), build(mesh, 0), mesh, total_steps=4)
+    assert sft.reference is None
 
 
 def test_auto_chunk_size_rule():
-    assert steps.auto_chunk_size(8, 64, 678) == 0  # small logits: full
+    assert logprobs.auto_chunk_size(8, 64, 678) == 0  # small logits: full
     for rows, length, vocab in [(2, 512, 32000), (4, 2048, 128256), (32, 512, 32000)]:
-        c = steps.auto_chunk_size(rows, length, vocab)
+        c = logprobs.auto_chunk_size(rows, length, vocab)
         assert 0 < c <= length and c % 8 == 0
         # a block of c positions fits, up to the multiple-of-8 rounding, and is not
         # needlessly small: one chunk fewer would not fit
-        assert 4 * rows * (c - 8) * vocab <= steps.LOGITS_CHUNK_BYTES
+        assert 4 * rows * (c - 8) * vocab <= logprobs.LOGITS_CHUNK_BYTES
         n = -(-length // c)
-        assert n == 1 or 4 * rows * -(-length // (n - 1)) * vocab > steps.LOGITS_CHUNK_BYTES
+        assert n == 1 or 4 * rows * -(-length // (n - 1)) * vocab > logprobs.LOGITS_CHUNK_BYTES
 
 
 @pytest.mark.parametrize("chunked", [False, True])
 def test_auto_chunked_log_probs_equal_full(mesh, monkeypatch, chunked):
     if chunked:  # shrink the thresholds so that this micro model gets 2 chunks
-        monkeypatch.setattr(steps, "LOGITS_FULL_MAX_BYTES", 1)
-        monkeypatch.setattr(steps, "LOGITS_CHUNK_BYTES", 4 * 2 * B * 8 * 64)
-    assert steps.auto_chunk_size(2 * B, T, 64) == (8 if chunked else 0)
-    graphdef, params, rest = nnx.split(build(mesh, 0), nnx.Param, ...)
+        monkeypatch.setattr(logprobs, "LOGITS_FULL_MAX_BYTES", 1)
+        monkeypatch.setattr(logprobs, "LOGITS_CHUNK_BYTES", 4 * 2 * B * 8 * 64)
+    assert logprobs.auto_chunk_size(2 * B, T, 64) == (8 if chunked else 0)
+    model = models.Model.split(build(mesh, 0))
+    params = model.params
     b = batch()
 
     def logps(chunk):
-        fn = lambda p: steps.sequence_logps(  # noqa: E731
-            graphdef, p, rest, b.input_ids, b.attention_mask, b.loss_mask, chunk_size=chunk
+        fn = lambda p: logprobs.sequence_logps(  # noqa: E731
+            model.with_params(p), b.input_ids, b.attention_mask, b.loss_mask, chunk_size=chunk
         )
         return jax.jit(jax.value_and_grad(lambda p: fn(p).sum()))(params), jax.jit(fn)(params)
 

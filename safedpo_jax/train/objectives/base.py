@@ -1,0 +1,134 @@
+"""What every objective shares: the protocol, the device batches, the data options."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, ClassVar, Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from safedpo_jax import sharding
+from safedpo_jax.data import DataSummary, PairBatch, SFTBatch
+from safedpo_jax.models import Model
+from safedpo_jax.train.config import TrainConfig
+
+Array = jax.Array
+
+
+# --------------------------------------------------------------------------------------
+# Batches on the devices
+# --------------------------------------------------------------------------------------
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class StepBatch:
+    """A global batch of pairs on the devices; the leading axis is split over ``("data", "fsdp")``.
+
+    input_ids, attention_mask, loss_mask: [B, 2, T] (right-padded; see `PairBatch`).
+    unsafe: bool [B, 2], True = unsafe.
+    valid: bool [B], False for padding pairs.
+    ref_logps: float32 [B, 2] cached reference log-probs, or None (in-step reference).
+    """
+
+    input_ids: Array
+    attention_mask: Array
+    loss_mask: Array
+    unsafe: Array
+    valid: Array
+    ref_logps: Array | None = None
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class SFTStepBatch:
+    """A global SFT batch: input_ids, attention_mask, loss_mask [B, T]; valid [B]."""
+
+    input_ids: Array
+    attention_mask: Array
+    loss_mask: Array
+    valid: Array
+
+
+def to_global(local: np.ndarray, mesh: Mesh) -> Array:
+    """A global array from this process's rows of the batch (split over ``("data","fsdp")``).
+
+    On one process this is a sharded `device_put`; on several, each process contributes
+    its own consecutive block of rows (`jax.make_array_from_process_local_data`).
+    """
+    spec = sharding.batch_sharding(mesh, local.ndim)
+    global_shape = (local.shape[0] * jax.process_count(), *local.shape[1:])
+    return jax.make_array_from_process_local_data(spec, local, global_shape)
+
+
+def pair_step_batch(batch: PairBatch, mesh: Mesh, ref_logps: np.ndarray | None = None) -> StepBatch:
+    """Places a host `PairBatch` (this process's rows) on the mesh as a global `StepBatch`."""
+    put = functools.partial(to_global, mesh=mesh)
+    return StepBatch(
+        input_ids=put(batch.input_ids.astype(np.int32)),
+        attention_mask=put(batch.attention_mask.astype(np.int32)),
+        loss_mask=put(batch.loss_mask.astype(bool)),
+        unsafe=put(batch.unsafe.astype(bool)),
+        valid=put(batch.valid.astype(bool)),
+        ref_logps=None if ref_logps is None else put(ref_logps.astype(np.float32)),
+    )
+
+
+def sft_step_batch(batch: SFTBatch, mesh: Mesh) -> SFTStepBatch:
+    """Places a host `SFTBatch` on the mesh."""
+    put = functools.partial(to_global, mesh=mesh)
+    return SFTStepBatch(
+        input_ids=put(batch.input_ids.astype(np.int32)),
+        attention_mask=put(batch.attention_mask.astype(np.int32)),
+        loss_mask=put(batch.loss_mask.astype(bool)),
+        valid=put(batch.valid.astype(bool)),
+    )
+
+
+# --------------------------------------------------------------------------------------
+# The protocol
+# --------------------------------------------------------------------------------------
+
+
+class Objective(Protocol):
+    """What `safedpo_jax.train.step` needs of an objective (see the module docstring)."""
+
+    name: ClassVar[str]
+
+    @property
+    def uses_reference(self) -> bool:
+        """Whether ``sums`` reads a frozen reference (in the step or cached)."""
+        ...
+
+    def denominator(self, batch: Any) -> Array: ...
+
+    def sums(
+        self, policy: Model, reference: Model | None, batch: Any
+    ) -> tuple[Array, dict[str, Array]]: ...
+
+    def load_data(
+        self, config: TrainConfig, tokenizer: Any, split: str
+    ) -> tuple[Any, DataSummary]: ...
+
+    def device_batch(self, host: Any, mesh: Mesh, ref_logps: np.ndarray | None) -> Any: ...
+
+
+def over(mask: Array, values: Array) -> Array:
+    """``[sum of values where mask, count of mask]`` as float32 (a metric-sums entry)."""
+    values = jnp.broadcast_to(jnp.asarray(values, jnp.float32), mask.shape)
+    return jnp.stack([jnp.sum(jnp.where(mask, values, 0.0)), jnp.sum(mask).astype(jnp.float32)])
+
+
+def data_options(config: TrainConfig, tokenizer: Any) -> dict[str, Any]:
+    """The data-pipeline arguments every objective shares."""
+    return {
+        "tokenizer": tokenizer,
+        "max_length": config.max_length,
+        "template": config.template,
+        "config": config.dataset_config,
+        "safety_label": config.safety_label,
+    }

@@ -1,0 +1,137 @@
+"""Preference objectives: SafeDPO, the SafeDAA family and the DPO baselines."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from safedpo_jax import losses
+from safedpo_jax.data import PairBatch, applies_safety_transform, load_preference_data
+from safedpo_jax.logprobs import sequence_logps
+from safedpo_jax.losses import LinkName
+from safedpo_jax.models import Model
+from safedpo_jax.train.config import TrainConfig
+from safedpo_jax.train.objectives.base import StepBatch, data_options, pair_step_batch
+
+Array = jax.Array
+
+LINKS: dict[str, Callable[[PreferenceObjective], losses.Link]] = {
+    "sigmoid": lambda o: losses.sigmoid_link(o.label_smoothing),
+    "ipo": lambda o: losses.ipo_link(o.beta),
+    "hinge": lambda o: losses.hinge_link(),
+}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PreferenceObjective:
+    """A direct-alignment loss on pairs: SafeDPO (``safe=True``) or a plain DPO baseline.
+
+    pairs: the pair construction the data pipeline builds (`safedpo_jax.data.PAIR_MODES`).
+    link: the direct-alignment link g of ``g(beta * gap - margin)``: "sigmoid" (DPO, with
+      cDPO ``label_smoothing``), "ipo" or "hinge".
+    safe: safety-wrapped (SafeDAA): the kernel applies T to the pairs' safety labels and
+      the margin ``delta`` on safe-vs-unsafe pairs; plain otherwise (labels unused).
+    beta, delta, label_smoothing: the loss hyperparameters.
+    chunk_size: `safedpo_jax.logprobs.sequence_logps`'s log-prob path (None = automatic).
+    keep_both_unsafe: keep both-unsafe pairs in the batches (the kernel zeroes them).
+
+    The mean is over kept pairs of the global batch (valid and, when safe, not dropped by T).
+    """
+
+    name: ClassVar[str] = "preference"
+    pairs: str = "safedpo"
+    link: LinkName = "sigmoid"
+    safe: bool = True
+    beta: float = 0.1
+    delta: float = 10.0
+    label_smoothing: float = 0.0
+    chunk_size: int | None = None
+    keep_both_unsafe: bool = False
+
+    def __post_init__(self) -> None:
+        if self.link not in LINKS:
+            raise ValueError(f"unknown link {self.link!r}; one of {sorted(LINKS)}")
+        if not self.beta > 0:
+            raise ValueError(f"beta must be > 0, got {self.beta}")
+        if self.delta < 0:
+            raise ValueError(f"delta must be >= 0, got {self.delta}")
+
+    @property
+    def uses_reference(self) -> bool:
+        return True
+
+    def kernel(self, policy_logps: Array, ref_logps: Array, unsafe: Array, valid: Array):
+        """`losses.safe_daa_loss` on ``[B, 2]`` log-probs (labels and margin only when safe)."""
+        return losses.safe_daa_loss(
+            LINKS[self.link](self),
+            policy_logps[:, 0],
+            policy_logps[:, 1],
+            ref_logps[:, 0],
+            ref_logps[:, 1],
+            unsafe[:, 0] if self.safe else None,
+            unsafe[:, 1] if self.safe else None,
+            beta=self.beta,
+            delta=self.delta if self.safe else 0.0,
+            where=valid,
+        )
+
+    def denominator(self, batch: StepBatch) -> Array:
+        keep = batch.valid
+        if self.safe:
+            keep = keep & ~losses.safety_transform(batch.unsafe[:, 0], batch.unsafe[:, 1]).drop
+        return jnp.sum(keep).astype(jnp.float32)
+
+    def forward(
+        self, policy: Model, reference: Model | None, batch: StepBatch
+    ) -> losses.PreferenceOutput:
+        """The kernel's output: the policy's log-probs against the reference's.
+
+        The reference log-probs come from the batch when cached, else from a forward pass
+        of ``reference`` (no gradient flows into it).
+        """
+        args = (batch.input_ids, batch.attention_mask, batch.loss_mask)
+        policy_logps = sequence_logps(policy, *args, chunk_size=self.chunk_size)
+        if batch.ref_logps is not None:
+            ref_logps = batch.ref_logps
+        else:
+            ref_logps = jax.lax.stop_gradient(
+                sequence_logps(reference, *args, chunk_size=self.chunk_size)
+            )
+        return self.kernel(policy_logps, ref_logps, batch.unsafe, batch.valid)
+
+    def sums(
+        self, policy: Model, reference: Model | None, batch: StepBatch
+    ) -> tuple[Array, dict[str, Array]]:
+        out = self.forward(policy, reference, batch)
+        return out.losses.sum(), losses.metric_sums(out, batch.valid)
+
+    def load_data(self, config: TrainConfig, tokenizer: Any, split: str):
+        return load_preference_data(
+            config.dataset,
+            split=split,
+            pairs=self.pairs,
+            keep_both_unsafe=self.keep_both_unsafe,
+            **data_options(config, tokenizer),
+        )
+
+    def device_batch(self, host: PairBatch, mesh: Mesh, ref_logps: np.ndarray | None):
+        return pair_step_batch(host, mesh, ref_logps)
+
+
+def build(config: TrainConfig) -> PreferenceObjective:
+    return PreferenceObjective(
+        pairs=config.pairs,
+        link=config.loss,
+        safe=applies_safety_transform(config.pairs),
+        beta=config.beta,
+        delta=config.delta,
+        label_smoothing=config.label_smoothing,
+        chunk_size=config.logprob_chunk_size,
+        keep_both_unsafe=config.keep_both_unsafe,
+    )

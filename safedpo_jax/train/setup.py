@@ -1,0 +1,192 @@
+"""Setting a run up: distributed start, tokenizer, models, the objective and the compiled step.
+
+`setup_step` is `safedpo_jax.train.loop.train` without data or loop: from a config, a policy
+(and optionally a reference) already on the mesh, it builds the objective, the optimizer,
+the initial state and, on demand, the compiled step; the benchmarks under
+``experiments/benchmarks/`` time it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from safedpo_jax import models
+from safedpo_jax.logprobs import sequence_logps
+from safedpo_jax.models import Model, ModelOptions
+from safedpo_jax.train import step as steps
+from safedpo_jax.train.config import TrainConfig
+from safedpo_jax.train.objectives import Objective, StepBatch, build_objective
+from safedpo_jax.train.optim import learning_rate_schedule, make_optimizer
+
+
+def initialize_distributed(config: TrainConfig) -> None:
+    """Runs `jax.distributed.initialize` for multi-host runs (before any device use)."""
+    if not (config.distributed or config.coordinator_address):
+        return
+    # Cross-process collectives between CPU devices (tests, CPU clusters) go through gloo;
+    # the setting does not affect GPU or TPU collectives.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    kwargs = {}
+    if config.coordinator_address:
+        kwargs = {
+            "coordinator_address": config.coordinator_address,
+            "num_processes": config.num_processes,
+            "process_id": config.process_id,
+        }
+    jax.distributed.initialize(**kwargs)
+
+
+def tokenizer_source(config: TrainConfig) -> str:
+    """``tokenizer``, else the policy checkpoint, else the embedded sample's tokenizer."""
+    if config.tokenizer:
+        return config.tokenizer
+    if config.model:
+        return config.model
+    if config.dataset == "sample":
+        return "sample"
+    raise ValueError("a randomly initialised model needs --tokenizer (or --dataset sample)")
+
+
+def model_options(config: TrainConfig) -> ModelOptions:
+    """The `ModelOptions` of a run's models (policy, reference)."""
+    return ModelOptions(
+        dtype=config.dtype,
+        param_dtype=config.param_dtype,
+        remat=config.remat,
+        attention_impl=config.attention_impl,
+    )
+
+
+def random_model_config(config: TrainConfig, tokenizer: Any) -> models.DecoderConfig:
+    """The `DecoderConfig` of a random model: ``model_config`` plus the tokenizer's ids."""
+    hf = dict(config.model_config or {})
+    hf.setdefault("vocab_size", len(tokenizer))
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        value = getattr(tokenizer, name, None)
+        if value is not None:
+            hf.setdefault(name, value)
+    if hf["vocab_size"] < len(tokenizer):
+        raise ValueError(
+            f"model_config vocab_size {hf['vocab_size']} is smaller than the tokenizer's "
+            f"{len(tokenizer)} tokens"
+        )
+    return models.DecoderConfig.from_hf(hf)
+
+
+def build_model(
+    config: TrainConfig, path: str | None, tokenizer: Any, mesh: Mesh, seed: int
+) -> models.CausalLM:
+    """Loads ``path`` (sharded straight onto the mesh) or initialises a random model."""
+    options = {**model_options(config).kwargs(), "mesh": mesh}
+    if path is not None:
+        model = models.from_pretrained(path, **options)
+    else:
+        model = models.init_model(
+            random_model_config(config, tokenizer), rngs=nnx.Rngs(seed), **options
+        )
+    if not isinstance(model, models.CausalLM):
+        raise ValueError(f"{path} is a score model, not a causal language model")
+    vocab = model.config.vocab_size
+    if vocab < len(tokenizer):
+        raise ValueError(
+            f"the model's vocabulary ({vocab}) is smaller than the tokenizer's ({len(tokenizer)})"
+        )
+    return model
+
+
+@dataclasses.dataclass
+class StepSetup:
+    """An objective, a policy, its frozen reference, the optimizer and the initial state.
+
+    policy: the policy's static parts and initial parameters (the trained parameters live
+    in ``state.params``). reference: the frozen reference (None when the objective uses
+    none, or once cached log-probs replaced it).
+    """
+
+    config: TrainConfig
+    mesh: Mesh
+    objective: Objective
+    policy: Model
+    reference: Model | None
+    optimizer: optax.GradientTransformation
+    schedule: optax.Schedule
+    state: steps.TrainState
+
+    def compile(self, *, reference_in_step: bool = True) -> steps.Step:
+        """The jitted step ``(state, reference, batch) -> (state, metrics)``.
+
+        With ``reference_in_step=False`` the step reads ``batch.ref_logps`` (a cached
+        reference) and takes ``reference=None``.
+        """
+        impl = steps.make_step(
+            self.objective,
+            self.policy,
+            self.optimizer,
+            self.schedule,
+            micro_batches=self.config.micro_batches,
+        )
+        reference = self.reference if reference_in_step else None
+        return steps.jit_step(impl, self.state, self.mesh, reference=reference)
+
+    def reference_logps(self) -> Callable[[Model, StepBatch], jax.Array]:
+        """Jitted ``(reference, batch) -> [B, 2]`` float32 log-probs (for cached references).
+
+        The same `safedpo_jax.logprobs.sequence_logps` path (and chunk size) as the
+        in-step reference, so cached and in-step log-probs agree.
+        """
+        chunk = self.config.logprob_chunk_size
+
+        @jax.jit
+        def fn(reference: Model, batch: StepBatch) -> jax.Array:
+            args = (batch.input_ids, batch.attention_mask, batch.loss_mask)
+            return sequence_logps(reference, *args, chunk_size=chunk)
+
+        return fn
+
+
+def setup_step(
+    config: TrainConfig,
+    policy: nnx.Module,
+    mesh: Mesh,
+    *,
+    reference: nnx.Module | None = None,
+    total_steps: int,
+    objective: Objective | None = None,
+) -> StepSetup:
+    """Splits the models, builds the objective, the optimizer and the initial state.
+
+    ``policy`` and ``reference`` are `safedpo_jax.models.CausalLM` instances already placed
+    on ``mesh`` (e.g. by `safedpo_jax.models.from_pretrained` with ``mesh=``). Without
+    ``reference`` an objective that uses one gets a copy of the policy's initial weights;
+    an objective without one (SFT) gets none. ``objective`` defaults to
+    `build_objective(config)`; ``total_steps`` sets the learning-rate schedule.
+    """
+    objective = build_objective(config) if objective is None else objective
+    policy_model = Model.split(policy)
+    ref_model = None
+    if objective.uses_reference:
+        if reference is None:
+            ref_model = policy_model.with_params(jax.tree.map(jnp.copy, policy_model.params))
+        else:
+            ref_model = Model.split(reference)
+    optimizer = make_optimizer(config, total_steps)
+    schedule = learning_rate_schedule(config, total_steps)
+    state = steps.init_state(policy_model.params, optimizer, mesh, config.seed)
+    return StepSetup(
+        config=config,
+        mesh=mesh,
+        objective=objective,
+        policy=policy_model,
+        reference=ref_model,
+        optimizer=optimizer,
+        schedule=schedule,
+        state=state,
+    )
