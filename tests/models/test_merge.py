@@ -174,7 +174,7 @@ def test_one_tensor_at_a_time(tmp_path):
     finally:
         tracemalloc.stop()
     one = 512 * 512 * 4
-    assert peak < 6 * one, peak / one  # a checkpoint is 16 tensors
+    assert peak < 4.5 * one, peak / one  # a, b, their merge, a temporary; a checkpoint is 16
     assert len(_tensors(tmp_path / "m")) == 16
 
 
