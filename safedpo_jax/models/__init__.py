@@ -2,7 +2,11 @@
 
 - `safedpo_jax.models.config`: `DecoderConfig`, the family switches (round-trips config.json).
 - `safedpo_jax.models.decoder`: the decoder, `CausalLM`, `ScoreModel`, `KVCache`, `init_model`.
-- `safedpo_jax.models.hf`: `from_pretrained` / `save_pretrained` through one key table.
+- `safedpo_jax.models.hf`: `from_pretrained` / `save_pretrained` through one key table; score
+  models started from a causal LM (`score_model_from_causal_lm`) and converted between the
+  Hugging Face and safe-rlhf layouts (`convert_score_model`).
+- `safedpo_jax.models.merge`: the streaming linear merge of two checkpoints (P-SACPO),
+  also a command: ``python -m safedpo_jax.models.merge A B --q 0.5 --output DIR``.
 - `safedpo_jax.models.options`: `ModelOptions` (dtypes, remat, attention, precision) and
   `Model`, a split model (graph, params, buffers) that a jitted step takes as one value.
 
@@ -17,7 +21,12 @@
 
 from safedpo_jax.models.config import DecoderConfig
 from safedpo_jax.models.decoder import CausalLM, KVCache, ScoreModel, init_model
-from safedpo_jax.models.hf import from_pretrained, save_pretrained
+from safedpo_jax.models.hf import (
+    convert_score_model,
+    from_pretrained,
+    save_pretrained,
+    score_model_from_causal_lm,
+)
 from safedpo_jax.models.options import Model, ModelOptions
 
 __all__ = [
@@ -27,7 +36,9 @@ __all__ = [
     "Model",
     "ModelOptions",
     "ScoreModel",
+    "convert_score_model",
     "from_pretrained",
     "init_model",
     "save_pretrained",
+    "score_model_from_causal_lm",
 ]

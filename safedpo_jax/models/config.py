@@ -135,6 +135,7 @@ _PARSED_KEYS = frozenset(
         "torch_dtype",
         "score_dim",
         "bias",
+        "score_bias",
         "score_type",
         "do_normalize",
     }
@@ -361,7 +362,11 @@ class DecoderConfig:
             pad_token_id=hf.get("pad_token_id"),
             torch_dtype=hf.get("dtype", hf.get("torch_dtype")),
             score_dim=score_dim,
-            score_bias=bool(hf.get("bias", False)) if kind == "score" else False,
+            # safe-rlhf's head-bias switch: ``score_bias`` (current safe-rlhf), ``bias`` (the
+            # releases that trained the beaver v1 evaluators)
+            score_bias=bool(hf.get("score_bias", hf.get("bias", False)))
+            if kind == "score"
+            else False,
             score_type=hf.get("score_type", "reward") if kind == "score" else "reward",
             do_normalize=bool(hf.get("do_normalize", False)) if kind == "score" else False,
             extra=extra,
@@ -423,6 +428,7 @@ class DecoderConfig:
             out.update(
                 score_dim=self.score_dim,
                 bias=self.score_bias,
+                score_bias=self.score_bias,
                 score_type=self.score_type,
                 do_normalize=self.do_normalize,
             )

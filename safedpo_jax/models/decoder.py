@@ -545,7 +545,11 @@ class ScoreModel(_Base):
 
     ``score_model(input_ids, attention_mask)`` returns the head's float32 output at each
     row's last real token (the last position where the mask is 1, so right and left padding
-    both work): ``[B]`` when the head has one output, else ``[B, C]``.
+    both work): ``[B]`` when the head has one output, else ``[B, C]``;
+    ``per_token=True`` gives the output at every position, ``[B, T]`` or ``[B, T, C]``
+    (critics' values). The head runs at every position in either case (``B * T * D * C``
+    multiply-adds, negligible next to the decoder), so the end score is the per-token
+    output at the last real token by construction.
 
     Semantics follow the two formats:
 
@@ -557,6 +561,18 @@ class ScoreModel(_Base):
       with the checkpoint's ``normalizer.mean`` / ``normalizer.var`` per ``score_type``:
       reward ``(x - mean) / (std + 1e-8)``, cost ``x / (std + 1e-8)``, critic unchanged.
       The beaver evaluators ship with ``do_normalize`` false: their scores are raw.
+
+    >>> from flax import nnx
+    >>> config = DecoderConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
+    ...                        num_hidden_layers=1, num_attention_heads=2,
+    ...                        architectures=("LlamaForScore",))
+    >>> model = ScoreModel(config, rngs=nnx.Rngs(0))
+    >>> ids, mask = jnp.array([[5, 6, 7, 0]]), jnp.array([[1, 1, 1, 0]])  # right-padded
+    >>> end, values = model(ids, mask), model(ids, mask, per_token=True)
+    >>> end.shape, values.shape, end.dtype.name
+    ((1,), (1, 4), 'float32')
+    >>> bool(end[0] == values[0, 2]), float(values[0, 3])
+    (True, 0.0)
     """
 
     def __init__(self, config: DecoderConfig, *, rngs: nnx.Rngs, **options: Any):
@@ -580,30 +596,44 @@ class ScoreModel(_Base):
         self.normalizer_var = buffer("normalizer_var", ("score",))
         self.normalizer_count = buffer("normalizer_count", (None,))
 
-    def __call__(self, input_ids: Array, attention_mask: Array | None = None) -> Array:
+    def __call__(
+        self, input_ids: Array, attention_mask: Array | None = None, *, per_token: bool = False
+    ) -> Array:
+        """Scores of int ``[B, T]`` ids under a ``[B, T]`` mask (1 = real token; None: all real).
+
+        Returns float32 ``[B]`` (``[B, C]`` when ``score_dim > 1``): the score at each row's
+        last real token. With ``per_token=True``: ``[B, T]`` (``[B, T, C]``), the head (with
+        its bias and normalisation, exactly as for the end score) at every position, 0 at
+        padding positions; the end score is this array at the last real token of each row,
+        whatever the padding side (a value model's per-token values, as safe-rlhf's
+        ``scores``).
+        """
         b, t = input_ids.shape
         mask_bt = jnp.ones((b, t), bool) if attention_mask is None else attention_mask.astype(bool)
         with _precision(self.precision):
             hidden_btd, _ = self.model(input_ids, mask_bt, None)
-            end_b = jnp.argmax(jnp.where(mask_bt, jnp.arange(t), -1), axis=1)
-            end_bd = jnp.take_along_axis(hidden_btd, end_b[:, None, None], axis=1)[:, 0]
-            score_bc = jnp.einsum(
-                "bd,dc->bc",
-                end_bd,
+            score_btc = jnp.einsum(
+                "btd,dc->btc",
+                hidden_btd,
                 self.score_head[...].astype(self.dtype),
                 preferred_element_type=jnp.float32,
             )
         if self.score_bias is not None:
-            score_bc = score_bc + self.score_bias[...].astype(self.dtype).astype(jnp.float32)
+            score_btc = score_btc + self.score_bias[...].astype(self.dtype).astype(jnp.float32)
         if self.config.do_normalize:
             mean_c = self.normalizer_mean[...].astype(jnp.float32)
             std_c = jnp.sqrt(self.normalizer_var[...].astype(jnp.float32))
             fn = self.config.normalize_function
             if fn == "affine":
-                score_bc = (score_bc - mean_c) / (std_c + 1e-8)
+                score_btc = (score_btc - mean_c) / (std_c + 1e-8)
             elif fn == "scale":
-                score_bc = score_bc / (std_c + 1e-8)
-        return score_bc[:, 0] if self.config.score_dim == 1 else score_bc
+                score_btc = score_btc / (std_c + 1e-8)
+        if per_token:
+            out = jnp.where(mask_bt[:, :, None], score_btc, 0.0)
+        else:
+            end_b = jnp.argmax(jnp.where(mask_bt, jnp.arange(t), -1), axis=1)
+            out = jnp.take_along_axis(score_btc, end_b[:, None, None], axis=1)[:, 0]
+        return out[..., 0] if self.config.score_dim == 1 else out
 
 
 def model_class(config: DecoderConfig) -> type[CausalLM] | type[ScoreModel]:

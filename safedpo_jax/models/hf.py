@@ -260,7 +260,61 @@ def _with_kind(config: DecoderConfig, kind: str | None, keys: set[str]) -> Decod
         return config.replace(architectures=(f"{prefix}ForScore",))
     if "score.weight" in keys:
         return config.replace(architectures=(f"{prefix}ForSequenceClassification",))
-    raise KeyError("kind='score' but the checkpoint has neither score.weight nor score_head.weight")
+    raise KeyError(
+        "kind='score' but the checkpoint has neither score.weight nor score_head.weight "
+        "(to start a score model from a causal LM, use score_model_from_causal_lm)"
+    )
+
+
+_LoadOptions = dict[str, Any]
+
+
+def _load(
+    ckpt: _Checkpoint,
+    config: DecoderConfig,
+    options: _LoadOptions,
+    mesh: Mesh | None,
+    *,
+    fresh: Mapping[str, Any] | None = None,
+) -> CausalLM | ScoreModel:
+    """Builds the model of ``config`` with its weights read from ``ckpt``, one at a time.
+
+    ``fresh`` maps some dotted variable paths (their keys are then not read, nor expected
+    in the checkpoint) to a function ``shape -> float32 host array`` giving their values.
+    """
+    cls = model_class(config)
+    abstract = nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0), **options))
+    graphdef, abstract_state = nnx.split(abstract)
+    plan = key_plan(abstract_state, config)
+    fresh = fresh or {}
+    _check_keys(ckpt, {k: v for k, v in plan.items() if k not in fresh}, config)
+    shardings = None
+    if mesh is not None:
+        from safedpo_jax.sharding import state_shardings
+
+        shardings = dict(nnx.to_flat_state(state_shardings(abstract_state, mesh)))
+    loaded = []
+    for path, variable in nnx.to_flat_state(abstract_state):
+        dotted = ".".join(str(p) for p in path)
+        rule, _ = plan[dotted]
+        aval = variable.get_value()
+        if dotted in fresh:
+            host = np.asarray(fresh[dotted](tuple(aval.shape)))
+        elif rule.hf_key in ckpt.handles:
+            host = _to_ours(rule.transform, ckpt.get(rule.hf_key), tuple(aval.shape))
+        else:  # an optional key (normalizer statistics): the config's values
+            host = normalizer_defaults(config)[path[-1]]
+        host = host.astype(np.dtype(aval.dtype), copy=False)
+        value = _place(host, None if shardings is None else shardings[path].get_value())
+        loaded.append((path, variable.replace(value)))
+    return nnx.merge(graphdef, nnx.from_flat_state(loaded))
+
+
+def _read_config(directory: Path) -> DecoderConfig:
+    config_file = directory / "config.json"
+    if not config_file.exists():
+        raise FileNotFoundError(f"{directory} has no config.json")
+    return DecoderConfig.from_hf(json.loads(config_file.read_text()))
 
 
 def from_pretrained(
@@ -282,48 +336,203 @@ def from_pretrained(
     cast to ``param_dtype``; the forward pass computes in ``dtype``. With ``mesh``, each
     parameter lands directly in the sharding the logical-axis rules give it; without, on
     the default device. ``remat``, ``attention_impl`` and ``precision`` are as in
-    `safedpo_jax.models.CausalLM`.
+    `safedpo_jax.models.CausalLM`. Score models load from either layout (Hugging Face
+    ``*ForSequenceClassification`` or safe-rlhf ``*ForScore``); to start a score model
+    from a causal LM, use `score_model_from_causal_lm`.
     """
     directory = resolve(path_or_hub_id, revision=revision)
-    config_file = directory / "config.json"
-    if not config_file.exists():
-        raise FileNotFoundError(f"{directory} has no config.json")
-    config = DecoderConfig.from_hf(json.loads(config_file.read_text()))
+    config = _read_config(directory)
+    options = dict(
+        dtype=dtype,
+        param_dtype=param_dtype,
+        remat=remat,
+        attention_impl=attention_impl,
+        precision=precision,
+    )
     with contextlib.ExitStack() as stack:
         ckpt = _Checkpoint(directory, stack)
         config = _with_kind(config, kind, ckpt.names())
-        cls = model_class(config)
-        abstract = nnx.eval_shape(
-            lambda: cls(
-                config,
-                rngs=nnx.Rngs(0),
-                dtype=dtype,
-                param_dtype=param_dtype,
-                remat=remat,
-                attention_impl=attention_impl,
-                precision=precision,
-            )
-        )
-        graphdef, abstract_state = nnx.split(abstract)
-        plan = key_plan(abstract_state, config)
-        _check_keys(ckpt, plan, config)
-        shardings = None
-        if mesh is not None:
-            from safedpo_jax.sharding import state_shardings
+        return _load(ckpt, config, options, mesh)
 
-            shardings = dict(nnx.to_flat_state(state_shardings(abstract_state, mesh)))
-        loaded = []
-        for path, variable in nnx.to_flat_state(abstract_state):
-            rule, _ = plan[".".join(str(p) for p in path)]
-            aval = variable.get_value()
-            if rule.hf_key in ckpt.handles:
-                host = _to_ours(rule.transform, ckpt.get(rule.hf_key), tuple(aval.shape))
-            else:  # an optional key (normalizer statistics): the config's values
-                host = normalizer_defaults(config)[path[-1]]
-            host = host.astype(np.dtype(aval.dtype), copy=False)
-            value = _place(host, None if shardings is None else shardings[path].get_value())
-            loaded.append((path, variable.replace(value)))
-    return nnx.merge(graphdef, nnx.from_flat_state(loaded))
+
+ScoreLayout = Literal["safe_rlhf", "hf"]
+# config.json keys of one score layout that mean nothing in the other.
+_SAFE_RLHF_ONLY_KEYS = ("normalizer_type", "momentum", "mean", "var")
+_HF_CLASSIFIER_ONLY_KEYS = ("id2label", "label2id", "num_labels", "problem_type")
+
+
+def _score_config(
+    config: DecoderConfig, layout: ScoreLayout, *, score_dim: int, score_type: str, bias: bool
+) -> DecoderConfig:
+    """``config`` (any kind) turned into a score model's config of ``layout``."""
+    prefix = FAMILY_CLASS_PREFIX[config.model_type]
+    if layout == "safe_rlhf":
+        drop, arch = _HF_CLASSIFIER_ONLY_KEYS, f"{prefix}ForScore"
+    elif layout == "hf":
+        drop, arch = _SAFE_RLHF_ONLY_KEYS, f"{prefix}ForSequenceClassification"
+        bias, score_type = False, "reward"
+    else:
+        raise ValueError(f"score layout must be 'safe_rlhf' or 'hf', got {layout!r}")
+    return config.replace(
+        architectures=(arch,),
+        score_dim=score_dim,
+        score_bias=bias,
+        score_type=score_type,
+        do_normalize=False,
+        extra=tuple((k, v) for k, v in config.extra if k not in drop),
+    )
+
+
+def score_model_from_causal_lm(
+    path_or_hub_id: str | os.PathLike,
+    *,
+    layout: ScoreLayout = "safe_rlhf",
+    score_dim: int = 1,
+    score_type: Literal["reward", "cost", "critic"] = "reward",
+    seed: int = 0,
+    dtype: Any = jnp.float32,
+    param_dtype: Any = jnp.float32,
+    mesh: Mesh | None = None,
+    remat: bool | str = False,
+    attention_impl: str | None = None,
+    precision: str | None = "highest",
+    revision: str | None = None,
+) -> ScoreModel:
+    """A `ScoreModel` whose decoder is a causal-LM checkpoint's and whose head is new.
+
+    The decoder weights (``model.*``) are read from the ``*ForCausalLM`` checkpoint as by
+    `from_pretrained`; ``lm_head.weight`` is dropped; any other key the decoder does not
+    use is an error. The new head ``[D, score_dim]`` is normal with standard deviation
+    ``config.initializer_range`` (from ``jax.random.key(seed)``). ``layout="safe_rlhf"``
+    (``*ForScore``, as safe-rlhf's ``init_score_head`` builds it): a zero bias, the
+    normalizer at mean 0, variance 1, count 0, ``do_normalize`` false and ``score_type`` as
+    given (reward model, cost model or critic). ``layout="hf"``
+    (``*ForSequenceClassification``): no bias, ``num_labels = score_dim``.
+    """
+    directory = resolve(path_or_hub_id, revision=revision)
+    lm_config = _read_config(directory)
+    if lm_config.kind != "causal_lm":
+        raise ValueError(
+            f"{directory} holds a {lm_config.architectures[0]} (a score model already); "
+            "load it with from_pretrained"
+        )
+    config = _score_config(
+        lm_config, layout, score_dim=score_dim, score_type=score_type, bias=layout == "safe_rlhf"
+    )
+    std = config.initializer_range
+    key = jax.random.key(seed)
+    fresh = {
+        "score_head": lambda shape: std * np.asarray(jax.random.normal(key, shape, jnp.float32)),
+        "score_bias": lambda shape: np.zeros(shape, np.float32),
+        **{
+            name: lambda shape, name=name: normalizer_defaults(config)[name]
+            for name in ("normalizer_mean", "normalizer_var", "normalizer_count")
+        },
+    }
+    options = dict(
+        dtype=dtype,
+        param_dtype=param_dtype,
+        remat=remat,
+        attention_impl=attention_impl,
+        precision=precision,
+    )
+    with contextlib.ExitStack() as stack:
+        ckpt = _Checkpoint(directory, stack)
+        ckpt.handles.pop("lm_head.weight", None)  # the causal LM's head is not used
+        model = _load(ckpt, config, options, mesh, fresh=fresh)
+    assert isinstance(model, ScoreModel)
+    return model
+
+
+def _effective_head(model: ScoreModel) -> tuple[jax.Array, jax.Array]:
+    """float32 ``(w [D, C], b [C])`` with ``score = hidden . w + b`` (normalisation folded)."""
+    config = model.config
+    w_dc = model.score_head[...].astype(jnp.float32)
+    b_c = jnp.zeros((config.score_dim,), jnp.float32)
+    if model.score_bias is not None:
+        b_c = model.score_bias[...].astype(jnp.float32)
+    if config.kind == "score" and config.do_normalize:
+        denom_c = jnp.sqrt(model.normalizer_var[...].astype(jnp.float32)) + 1e-8
+        if config.normalize_function == "affine":
+            mean_c = model.normalizer_mean[...].astype(jnp.float32)
+            w_dc, b_c = w_dc / denom_c, (b_c - mean_c) / denom_c
+        elif config.normalize_function == "scale":
+            w_dc, b_c = w_dc / denom_c, b_c / denom_c
+    return w_dc, b_c
+
+
+def convert_score_model(
+    model: ScoreModel,
+    layout: ScoreLayout,
+    *,
+    score_type: Literal["reward", "cost", "critic"] | None = None,
+) -> ScoreModel:
+    """The same scorer in the other layout (the decoder's arrays are shared, not copied).
+
+    ``layout="hf"``: a ``*ForSequenceClassification`` head, which has no bias and no
+    normalizer. safe-rlhf's normalisation is folded into the weight (``w / (std + 1e-8)``
+    for ``affine`` and ``scale``); the effective bias (``bias``, ``(bias - mean) / (std +
+    1e-8)`` or ``bias / (std + 1e-8)``) must be exactly zero, else `ValueError` (such a
+    head cannot be written as a classifier: keep the safe-rlhf layout). Scores agree to
+    float32 rounding. ``layout="safe_rlhf"``: a ``*ForScore`` head without bias, the
+    normalizer at mean 0, variance 1, count 0, ``do_normalize`` false, ``score_type`` as
+    given (default: reward); scores agree exactly. A model already in ``layout`` (and of
+    ``score_type``, if given) is returned as is.
+    """
+    if not isinstance(model, ScoreModel):
+        raise TypeError(f"convert_score_model needs a ScoreModel, got {type(model).__name__}")
+    config = model.config
+    kind = {"hf": "sequence_classification", "safe_rlhf": "score"}.get(layout)
+    if kind is None:
+        raise ValueError(f"score layout must be 'safe_rlhf' or 'hf', got {layout!r}")
+    if config.kind == kind and score_type in (None, config.score_type):
+        return model
+    w_dc = model.score_head[...]
+    if layout == "safe_rlhf" and config.kind == "score":  # a new score type only
+        if config.do_normalize:
+            raise ValueError(
+                f"cannot relabel a normalised {config.score_type} model as {score_type}: "
+                "the normalisation, and so its scores, would change"
+            )
+        new_config = config.replace(score_type=score_type)
+    else:
+        if layout == "hf":
+            w_dc, b_c = _effective_head(model)
+            if bool(jnp.any(b_c != 0)):
+                raise ValueError(
+                    f"this score head has a nonzero effective bias {np.asarray(b_c).tolist()} "
+                    "(score bias and/or normaliser mean), but a Hugging Face "
+                    "*ForSequenceClassification head has none: keep format='safe_rlhf'"
+                )
+        new_config = _score_config(
+            config,
+            layout,
+            score_dim=config.score_dim,
+            score_type=score_type or config.score_type,
+            bias=False,
+        )
+    options = dict(
+        dtype=model.dtype,
+        param_dtype=model.param_dtype,
+        remat=model.model.remat,
+        attention_impl=model.model.layers[0].self_attn.attention_impl,
+        precision=model.precision,
+    )
+    abstract = nnx.eval_shape(lambda: ScoreModel(new_config, rngs=nnx.Rngs(0), **options))
+    graphdef, abstract_state = nnx.split(abstract)
+    source = dict(nnx.to_flat_state(nnx.state(model)))
+    defaults = normalizer_defaults(new_config)
+    values: list[tuple[Any, Any]] = []
+    for path, variable in nnx.to_flat_state(abstract_state):
+        aval = variable.get_value()
+        if path[-1] == "score_head":
+            value = w_dc
+        elif path in source:  # the decoder; bias and normalizer when relabelling
+            value = source[path].get_value()
+        else:  # a new safe-rlhf normalizer
+            value = defaults[path[-1]]
+        values.append((path, variable.replace(jnp.asarray(value).astype(aval.dtype))))
+    return nnx.merge(graphdef, nnx.from_flat_state(values))
 
 
 def _place(host: np.ndarray, sharding: jax.sharding.Sharding | None) -> jax.Array:
@@ -377,17 +586,29 @@ def save_pretrained(
     path: str | os.PathLike,
     *,
     max_shard_size: int | str = "5GB",
+    format: ScoreLayout | None = None,
 ) -> None:
     """Writes ``config.json`` and safetensors in Hugging Face key names and layouts.
 
     ``transformers.AutoModelForCausalLM.from_pretrained(path)`` loads a `CausalLM`
     (``AutoModelForSequenceClassification`` a Hugging Face classifier); safe-rlhf score
-    models round-trip through `from_pretrained`. Above ``max_shard_size`` bytes the weights
-    are split into ``model-0000k-of-0000n.safetensors`` with ``model.safetensors.index.json``;
-    the host holds at most one shard at a time. Multi-host: every process must call this
-    (each tensor is gathered with `jax.experimental.multihost_utils.process_allgather`),
-    and only process 0 writes.
+    models round-trip through `from_pretrained`. A `ScoreModel` is written in its own
+    layout, or with ``format="hf"`` / ``"safe_rlhf"`` converted first
+    (`convert_score_model`). The safe-rlhf layout is what safe-rlhf's ``save_pretrained``
+    writes: ``score_head.weight`` (and ``.bias``), ``normalizer.mean`` / ``.var`` /
+    ``.count`` (int64), and config.json ``architectures`` ``*ForScore``, ``score_dim``,
+    ``bias`` and ``score_bias`` (the switch's old and current names), ``score_type``,
+    ``do_normalize``, ``normalizer_type`` (kept, else null) and ``mean`` / ``var`` (the
+    normalizer's values, as safe-rlhf's training writes them). Above ``max_shard_size``
+    bytes the weights are split into ``model-0000k-of-0000n.safetensors`` with
+    ``model.safetensors.index.json``; the host holds at most one shard at a time.
+    Multi-host: every process must call this (each tensor is gathered with
+    `jax.experimental.multihost_utils.process_allgather`), and only process 0 writes.
     """
+    if format is not None:
+        if not isinstance(model, ScoreModel):
+            raise ValueError(f"format={format!r} applies to score models, not a CausalLM")
+        model = convert_score_model(model, format)
     config = model.config
     plan = key_plan(nnx.state(model), config)
     limit = _parse_size(max_shard_size)
@@ -421,6 +642,10 @@ def save_pretrained(
     params = [v.get_value() for _, v in nnx.to_flat_state(nnx.state(model, nnx.Param))]
     saved_dtype = str(np.dtype(params[0].dtype)) if params else config.torch_dtype
     hf = config.replace(torch_dtype=saved_dtype).to_hf()
+    if config.kind == "score":
+        hf.setdefault("normalizer_type", None)
+        hf["mean"] = _gather(model.normalizer_mean[...]).astype(float).tolist()
+        hf["var"] = _gather(model.normalizer_var[...]).astype(float).tolist()
     (out_dir / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n")
 
 

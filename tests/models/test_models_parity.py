@@ -11,7 +11,15 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from torch_reference import CASES, batches, build_hf, run, torch_logits  # noqa: E402
+from torch_reference import (  # noqa: E402
+    CASES,
+    batches,
+    build_hf,
+    run,
+    safe_rlhf_checkpoint,
+    safe_rlhf_reference,
+    torch_logits,
+)
 
 from safedpo_jax.models import CausalLM, from_pretrained  # noqa: E402
 
@@ -71,69 +79,12 @@ def test_sequence_classification_matches_transformers(family, num_labels, extra,
         np.testing.assert_allclose(got, want.reshape(got.shape), atol=ATOL, rtol=0, err_msg=side)
 
 
-def _safe_rlhf_checkpoint(path, *, score_dim, bias, score_type, do_normalize, seed=0):
-    """A safe-rlhf LlamaForScore checkpoint: Llama backbone (``model.*``) + ``score_head``.
-
-    Returns the torch backbone and the head/normalizer tensors for the reference.
-    """
-    import transformers
-    from torch_reference import hf_config, randomize, write_checkpoint
-
-    config = hf_config("llama", num_attention_heads=4, num_key_value_heads=2)
-    torch.manual_seed(seed)
-    backbone = transformers.AutoModel.from_config(config, attn_implementation="eager").eval()
-    randomize(backbone, seed)
-    rng = np.random.RandomState(seed)
-    head = {
-        "score_head.weight": rng.normal(0, 0.3, (score_dim, 32)).astype(np.float32),
-        "normalizer.mean": rng.normal(0, 1, (score_dim,)).astype(np.float32),
-        "normalizer.var": rng.uniform(0.5, 2, (score_dim,)).astype(np.float32),
-        "normalizer.count": np.array([1234], np.int64),
-    }
-    if bias:
-        head["score_head.bias"] = rng.normal(0, 1, (score_dim,)).astype(np.float32)
-    tensors = {f"model.{k}": v.numpy() for k, v in backbone.state_dict().items()}
-    hf = config.to_dict()
-    hf.update(
-        architectures=["LlamaForScore"],
-        score_dim=score_dim,
-        bias=bias,
-        score_type=score_type,
-        do_normalize=do_normalize,
-        normalizer_type="ExponentialMovingAverage",
-        momentum=0.9,
-    )
-    write_checkpoint(path, hf, {**tensors, **head})
-    return backbone, head
-
-
-def _safe_rlhf_reference(backbone, head, ids, mask, score_type, do_normalize):
-    """safe-rlhf's ScoreModelMixin.get_scores, written out in torch / numpy."""
-    from torch_reference import positions
-
-    with torch.no_grad():
-        hidden = backbone(
-            torch.tensor(ids),
-            attention_mask=torch.tensor(mask),
-            position_ids=torch.tensor(positions(mask)),
-        ).last_hidden_state.numpy()
-    scores = hidden @ head["score_head.weight"].T + head.get("score_head.bias", 0.0)
-    end = np.array([np.nonzero(m)[0][-1] for m in mask])
-    end_scores = scores[np.arange(len(ids)), end]
-    std = np.sqrt(head["normalizer.var"])
-    if do_normalize and score_type == "reward":
-        end_scores = (end_scores - head["normalizer.mean"]) / (std + 1e-8)
-    if do_normalize and score_type == "cost":
-        end_scores = end_scores / (std + 1e-8)
-    return end_scores
-
-
 @pytest.mark.parametrize(
     ("score_dim", "bias", "score_type", "do_normalize"),
     [(1, False, "reward", False), (1, True, "reward", True), (2, True, "cost", True)],
 )
 def test_safe_rlhf_score_model(score_dim, bias, score_type, do_normalize, tmp_path):
-    backbone, head = _safe_rlhf_checkpoint(
+    backbone, head = safe_rlhf_checkpoint(
         tmp_path, score_dim=score_dim, bias=bias, score_type=score_type, do_normalize=do_normalize
     )
     model = from_pretrained(tmp_path)
@@ -141,6 +92,6 @@ def test_safe_rlhf_score_model(score_dim, bias, score_type, do_normalize, tmp_pa
     assert int(model.normalizer_count[...][0]) == 1234
     for side, (ids, mask) in batches().items():
         got = run(model, ids, mask)
-        want = _safe_rlhf_reference(backbone, head, ids, mask, score_type, do_normalize)
+        want = safe_rlhf_reference(backbone, head, ids, mask, score_type, do_normalize)
         assert got.shape == ((3,) if score_dim == 1 else (3, score_dim))
         np.testing.assert_allclose(got, want.reshape(got.shape), atol=ATOL, rtol=0, err_msg=side)

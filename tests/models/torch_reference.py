@@ -174,3 +174,78 @@ def read_checkpoint(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
     from safetensors.numpy import load_file
 
     return json.loads((path / "config.json").read_text()), load_file(path / "model.safetensors")
+
+
+def safe_rlhf_checkpoint(
+    path: Path,
+    *,
+    score_dim: int,
+    bias: bool,
+    score_type: str,
+    do_normalize: bool,
+    seed: int = 0,
+    bias_key: str = "bias",
+    zero_mean: bool = False,
+):
+    """A safe-rlhf LlamaForScore checkpoint: Llama backbone (``model.*``) + ``score_head``.
+
+    ``bias_key``: the config name of the head-bias switch (``bias`` in the safe-rlhf
+    releases of the beaver v1 models, ``score_bias`` in current safe-rlhf).
+    Returns the torch backbone and the head/normalizer tensors for the reference.
+    """
+    import torch
+    import transformers
+
+    config = hf_config("llama", num_attention_heads=4, num_key_value_heads=2)
+    torch.manual_seed(seed)
+    backbone = transformers.AutoModel.from_config(config, attn_implementation="eager").eval()
+    randomize(backbone, seed)
+    rng = np.random.RandomState(seed)
+    head = {
+        "score_head.weight": rng.normal(0, 0.3, (score_dim, 32)).astype(np.float32),
+        "normalizer.mean": rng.normal(0, 1, (score_dim,)).astype(np.float32),
+        "normalizer.var": rng.uniform(0.5, 2, (score_dim,)).astype(np.float32),
+        "normalizer.count": np.array([1234], np.int64),
+    }
+    if zero_mean:
+        head["normalizer.mean"][:] = 0
+    if bias:
+        head["score_head.bias"] = rng.normal(0, 1, (score_dim,)).astype(np.float32)
+    tensors = {f"model.{k}": v.numpy() for k, v in backbone.state_dict().items()}
+    hf = config.to_dict()
+    hf.update(
+        architectures=["LlamaForScore"],
+        score_dim=score_dim,
+        score_type=score_type,
+        do_normalize=do_normalize,
+        normalizer_type="ExponentialMovingAverage",
+        momentum=0.9,
+    )
+    hf[bias_key] = bias
+    write_checkpoint(path, hf, {**tensors, **head})
+    return backbone, head
+
+
+def safe_rlhf_reference(backbone, head, ids, mask, score_type, do_normalize, *, per_token=False):
+    """safe-rlhf's ScoreModelMixin.get_scores, written out in torch / numpy.
+
+    ``end_scores`` ``[B, C]``, or with ``per_token`` the normalised ``scores`` ``[B, T, C]``.
+    """
+    import torch
+
+    with torch.no_grad():
+        hidden = backbone(
+            torch.tensor(ids),
+            attention_mask=torch.tensor(mask),
+            position_ids=torch.tensor(positions(mask)),
+        ).last_hidden_state.numpy()
+    scores = hidden @ head["score_head.weight"].T + head.get("score_head.bias", 0.0)
+    if not per_token:
+        end = np.array([np.nonzero(m)[0][-1] for m in mask])
+        scores = scores[np.arange(len(ids)), end]
+    std = np.sqrt(head["normalizer.var"])
+    if do_normalize and score_type == "reward":
+        scores = (scores - head["normalizer.mean"]) / (std + 1e-8)
+    if do_normalize and score_type == "cost":
+        scores = scores / (std + 1e-8)
+    return scores
