@@ -28,7 +28,8 @@ from safedpo_jax.models.options import DTYPE_NAMES, DTypeName
 # choices are read off the Literal annotations (`build_parser`), so each has one source.
 ReferenceMode = Literal["in_step", "cached"]
 # One name per builder of `safedpo_jax.train.objectives.OBJECTIVES` (a test checks this).
-ObjectiveName = Literal["preference", "sft"]
+ObjectiveName = Literal["preference", "sft", "reward", "cost", "kto", "bfpo"]
+ScoreLayout = Literal["safe_rlhf", "hf"]
 Template = Literal["safe_rlhf", "chat"]
 LOSSES: tuple[str, ...] = get_args(LinkName)
 REFERENCE_MODES: tuple[str, ...] = get_args(ReferenceMode)
@@ -67,12 +68,22 @@ class TrainConfig:
         gives them zero weight); dropped before batching by default.
 
     Objective
-      objective: "preference" (SafeDPO or a DPO baseline, by ``pairs``) or "sft"
-        (supervised fine-tuning on prompt + response, to make a reference model).
+      objective: "preference" (SafeDPO or a DPO baseline, by ``pairs``), "sft"
+        (supervised fine-tuning on prompt + response, to make a reference model),
+        "reward" / "cost" (Safe RLHF's reward and cost models: a score head on the
+        decoder), "kto" (KTO on the safety labels, SACPO's safety stage) or "bfpo".
       sft_responses: which responses SFT imitates: "both" (every response of every row),
         "better", "safer" or "safe".
       loss: one of `LOSSES`, the direct-alignment link (SafeDAA for ``pairs="safedpo"``).
       beta, delta, label_smoothing: the loss hyperparameters (delta only for "safedpo").
+      score_regularization, contradictory, score_layout: reward/cost models ("reward",
+        "cost"): the score-magnitude penalty (safe-rlhf: 0.001); contradictory safety
+        pairs (safer response unsafe, other safe) dropped and counted, or an error; the
+        layout of a score model started from a causal LM ("safe_rlhf" *ForScore with a
+        zero bias, or "hf" *ForSequenceClassification).
+      kto_desirable_weight, kto_undesirable_weight: KTO's class weights ("kto"); an unset
+        undesirable weight is SACPO's n_desirable / n_undesirable of the training set.
+      bfpo_b1, bfpo_alpha: BFPO's constants ("bfpo"; the paper's 3 and 0.5).
       reference: "in_step" (frozen reference run in every step under stop_gradient) or
         "cached" (one pass over the data before training, cached on disk).
       ref_cache_dir: where cached reference log-probs live (default
@@ -133,6 +144,13 @@ class TrainConfig:
     beta: float = 0.1
     delta: float = 10.0
     label_smoothing: float = 0.0
+    score_regularization: float = 0.001
+    contradictory: Literal["drop", "raise"] = "drop"
+    score_layout: ScoreLayout = "safe_rlhf"
+    kto_desirable_weight: float = 1.0
+    kto_undesirable_weight: float | None = None
+    bfpo_b1: float = 3.0
+    bfpo_alpha: float = 0.5
     reference: ReferenceMode = "in_step"
     ref_cache_dir: str | None = None
     logprob_chunk_size: int | None = None
@@ -238,6 +256,24 @@ PRESETS: dict[str, dict[str, Any]] = {
         "learning_rate": 1e-6,
         "warmup_ratio": 0.03,
         "weight_decay": 0.05,
+        "adam_b1": 0.9,
+        "adam_b2": 0.95,
+        "max_length": 512,
+        "epochs": 2,
+        "batch_size": 128,
+        "dtype": "bfloat16",
+        "param_dtype": "float32",
+        "remat": True,
+    },
+    # safe-rlhf's score-model scripts (reward / cost models): pick --objective reward|cost.
+    "safe-rlhf-score": {
+        "model": "PKU-Alignment/alpaca-7b-reproduced",
+        "dataset": "PKU-Alignment/PKU-SafeRLHF-30K",
+        "objective": "reward",
+        "score_regularization": 0.001,
+        "learning_rate": 2e-5,
+        "warmup_ratio": 0.03,
+        "weight_decay": 0.1,
         "adam_b1": 0.9,
         "adam_b2": 0.95,
         "max_length": 512,

@@ -106,6 +106,7 @@ def prepare(config: TrainConfig) -> Run:
     tokenizer = load_tokenizer(tokenizer_source(config))
     objective = build_objective(config)
     train_ds, train_summary, eval_ds, eval_summary = load_datasets(config, objective, tokenizer)
+    objective = objective.with_data(train_ds)  # values taken from the training set, if any
     summary = {"train": train_summary.to_dict()}
     if eval_summary is not None:
         summary["eval"] = eval_summary.to_dict()
@@ -113,7 +114,8 @@ def prepare(config: TrainConfig) -> Run:
         print(train_summary.to_text(), flush=True)
         (output_dir / "data_summary.json").write_text(json.dumps(summary, indent=2))
 
-    policy = build_model(config, config.model, tokenizer, mesh, config.seed)
+    score_type = objective.score_type
+    policy = build_model(config, config.model, tokenizer, mesh, config.seed, score_type=score_type)
     # The frozen reference: the same weights as the initial policy unless --ref-model.
     reference = None
     ref_path = config.reference_model
@@ -189,7 +191,7 @@ def _device_batch(run: Run, host: Any, split: str) -> Any:
 def _evaluate(run: Run, eval_fn: Any, params: Any) -> dict[str, float]:
     """Metrics of the objective on the held-out split (``eval/*``)."""
     config = run.config
-    host_batches = BatchIterator(
+    host_batches = lambda: BatchIterator(  # noqa: E731
         run.eval_ds,
         batch_size=config.batch_size,
         shuffle=False,
@@ -197,15 +199,21 @@ def _evaluate(run: Run, eval_fn: Any, params: Any) -> dict[str, float]:
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
+    def batches() -> Any:
+        for i, host in enumerate(host_batches()):
+            if config.eval_batches is not None and i >= config.eval_batches:
+                return
+            yield _device_batch(run, host, "eval")
+
     total = None
-    for i, host in enumerate(host_batches):
-        if config.eval_batches is not None and i >= config.eval_batches:
-            break
-        sums = eval_fn(params, run.setup.reference, _device_batch(run, host, "eval"))
+    for batch in batches():
+        sums = eval_fn(params, run.setup.reference, batch)
         total = sums if total is None else jax.tree.map(jnp.add, total, sums)
     if total is None:
         return {}
-    return {f"eval/{k}": v for k, v in _scalar_metrics(losses.finalize_metrics(total)).items()}
+    out = _scalar_metrics(losses.finalize_metrics(total))
+    out.update(run.objective.held_out_report(run.setup.policy.with_params(params), batches()))
+    return {f"eval/{k}": v for k, v in out.items()}
 
 
 def run_steps(run: Run) -> TrainResult:

@@ -9,6 +9,7 @@ the initial state and, on demand, the compiled step; the benchmarks under
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,8 @@ from jax.sharding import Mesh
 from safedpo_jax import models
 from safedpo_jax.logprobs import sequence_logps
 from safedpo_jax.models import Model, ModelOptions
+from safedpo_jax.models.config import FAMILY_CLASS_PREFIX
+from safedpo_jax.models.hf import resolve
 from safedpo_jax.train import step as steps
 from safedpo_jax.train.config import TrainConfig
 from safedpo_jax.train.objectives import Objective, StepBatch, build_objective
@@ -82,24 +85,62 @@ def random_model_config(config: TrainConfig, tokenizer: Any) -> models.DecoderCo
 
 
 def build_model(
-    config: TrainConfig, path: str | None, tokenizer: Any, mesh: Mesh, seed: int
-) -> models.CausalLM:
-    """Loads ``path`` (sharded straight onto the mesh) or initialises a random model."""
+    config: TrainConfig,
+    path: str | None,
+    tokenizer: Any,
+    mesh: Mesh,
+    seed: int,
+    *,
+    score_type: str | None = None,
+) -> models.CausalLM | models.ScoreModel:
+    """Loads ``path`` (sharded straight onto the mesh) or initialises a random model.
+
+    ``score_type`` None: a causal LM. Otherwise a `safedpo_jax.models.ScoreModel` with that
+    head ("reward", "cost"): loaded as it is when ``path`` holds a score model, started
+    from a causal LM's decoder with a new head (`score_model_from_causal_lm`, in
+    ``config.score_layout``) when it holds one, or random from ``model_config``.
+    """
     options = {**model_options(config).kwargs(), "mesh": mesh}
-    if path is not None:
-        model = models.from_pretrained(path, **options)
-    else:
-        model = models.init_model(
-            random_model_config(config, tokenizer), rngs=nnx.Rngs(seed), **options
+    if score_type is None:
+        if path is not None:
+            model = models.from_pretrained(path, **options)
+        else:
+            model = models.init_model(
+                random_model_config(config, tokenizer), rngs=nnx.Rngs(seed), **options
+            )
+        if not isinstance(model, models.CausalLM):
+            raise ValueError(f"{path} is a score model, not a causal language model")
+    elif path is None:
+        lm = random_model_config(config, tokenizer)
+        prefix = FAMILY_CLASS_PREFIX[lm.model_type]
+        head = {
+            "safe_rlhf": {"architectures": [f"{prefix}ForScore"], "score_dim": 1, "bias": True},
+            "hf": {"architectures": [f"{prefix}ForSequenceClassification"], "num_labels": 1},
+        }[config.score_layout]
+        hf = {**lm.to_hf(), **head, "score_type": score_type}
+        model = models.init_model(models.DecoderConfig.from_hf(hf), rngs=nnx.Rngs(seed), **options)
+    elif read_config(path).kind == "causal_lm":
+        model = models.score_model_from_causal_lm(
+            path, layout=config.score_layout, score_type=score_type, seed=seed, **options
         )
-    if not isinstance(model, models.CausalLM):
-        raise ValueError(f"{path} is a score model, not a causal language model")
+    else:
+        model = models.from_pretrained(path, **options)
+        if not isinstance(model, models.ScoreModel):
+            raise ValueError(f"{path} is not a score model")
     vocab = model.config.vocab_size
     if vocab < len(tokenizer):
         raise ValueError(
             f"the model's vocabulary ({vocab}) is smaller than the tokenizer's ({len(tokenizer)})"
         )
     return model
+
+
+def read_config(path: str) -> models.DecoderConfig:
+    """The `DecoderConfig` of a checkpoint directory or Hub id (config.json only)."""
+    config_file = resolve(path) / "config.json"
+    if not config_file.exists():
+        raise FileNotFoundError(f"{path} has no config.json")
+    return models.DecoderConfig.from_hf(json.loads(config_file.read_text()))
 
 
 @dataclasses.dataclass

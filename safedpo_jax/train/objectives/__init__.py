@@ -13,7 +13,8 @@ An objective is a frozen dataclass that knows three things, and the step knows n
 
 `build_objective` turns a `TrainConfig` into an objective through `OBJECTIVES`, a registry
 of one builder per ``--objective`` name. Each objective lives in its own module here
-(`preference`: SafeDPO, SafeDAA and the DPO baselines; `sft`); adding one is a module with
+(`preference`: SafeDPO, SafeDAA, the DPO baselines and BFPO; `sft`; `score`: Safe RLHF's
+reward and cost models; `unpaired`: KTO); adding one is a module with
 its class and ``build(config)``, plus one registry line. `safedpo_jax.train.step` and
 `safedpo_jax.train.loop` never test which objective they run.
 """
@@ -25,7 +26,7 @@ from typing import get_args
 
 from safedpo_jax.losses import LinkName
 from safedpo_jax.train.config import ObjectiveName, TrainConfig
-from safedpo_jax.train.objectives import preference, sft
+from safedpo_jax.train.objectives import preference, score, sft, unpaired
 from safedpo_jax.train.objectives.base import (
     Objective,
     SFTStepBatch,
@@ -34,11 +35,16 @@ from safedpo_jax.train.objectives.base import (
     sft_step_batch,
     to_global,
 )
-from safedpo_jax.train.objectives.preference import PreferenceObjective
+from safedpo_jax.train.objectives.preference import BFPOObjective, PreferenceObjective
+from safedpo_jax.train.objectives.score import ScoreObjective
 from safedpo_jax.train.objectives.sft import SFTObjective
+from safedpo_jax.train.objectives.unpaired import KTOObjective
 
 __all__ = [
     "OBJECTIVES",
+    "BFPOObjective",
+    "KTOObjective",
+    "ScoreObjective",
     "LinkName",
     "Objective",
     "PreferenceObjective",
@@ -55,6 +61,10 @@ __all__ = [
 OBJECTIVES: dict[str, Callable[[TrainConfig], Objective]] = {
     "preference": preference.build,
     "sft": sft.build,
+    "reward": score.build_reward,
+    "cost": score.build_cost,
+    "kto": unpaired.build,
+    "bfpo": preference.build_bfpo,
 }
 
 

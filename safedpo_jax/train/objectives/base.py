@@ -95,9 +95,21 @@ def sft_step_batch(batch: SFTBatch, mesh: Mesh) -> SFTStepBatch:
 
 
 class Objective(Protocol):
-    """What `safedpo_jax.train.step` needs of an objective (see the module docstring)."""
+    """What `safedpo_jax.train.step` and the loop need of an objective.
+
+    ``score_type`` is None for objectives that train a causal LM, else the head of the
+    `safedpo_jax.models.ScoreModel` they train ("reward", "cost"). ``with_data`` returns
+    the objective with the values it takes from the training set (KTO's class weights);
+    ``held_out_report`` adds held-out figures that do not reduce as sums (a ROC AUC).
+    `ObjectiveDefaults` gives the defaults of the last three.
+    """
 
     name: ClassVar[str]
+    score_type: str | None
+
+    def with_data(self, train_dataset: Any) -> Objective: ...
+
+    def held_out_report(self, policy: Model, batches: Any) -> dict[str, float]: ...
 
     @property
     def uses_reference(self) -> bool:
@@ -115,6 +127,18 @@ class Objective(Protocol):
     ) -> tuple[Any, DataSummary]: ...
 
     def device_batch(self, host: Any, mesh: Mesh, ref_logps: np.ndarray | None) -> Any: ...
+
+
+class ObjectiveDefaults:
+    """Defaults of the optional parts of `Objective`: a causal LM, nothing from the data."""
+
+    score_type: ClassVar[str | None] = None
+
+    def with_data(self, train_dataset: Any) -> Objective:
+        return self  # type: ignore[return-value]
+
+    def held_out_report(self, policy: Model, batches: Any) -> dict[str, float]:
+        return {}
 
 
 def over(mask: Array, values: Array) -> Array:

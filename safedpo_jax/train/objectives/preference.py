@@ -17,9 +17,31 @@ from safedpo_jax.logprobs import sequence_logps
 from safedpo_jax.losses import LinkName
 from safedpo_jax.models import Model
 from safedpo_jax.train.config import TrainConfig
-from safedpo_jax.train.objectives.base import StepBatch, data_options, pair_step_batch
+from safedpo_jax.train.objectives.base import (
+    ObjectiveDefaults,
+    StepBatch,
+    data_options,
+    pair_step_batch,
+)
 
 Array = jax.Array
+
+
+def pair_logps(
+    policy: Model, reference: Model | None, batch: StepBatch, chunk_size: int | None
+) -> tuple[Array, Array]:
+    """float32 ``[B, 2]`` log-probs of both slots under the policy and the frozen reference.
+
+    The reference's come from the batch when cached (``batch.ref_logps``), else from a
+    forward pass of ``reference`` under `jax.lax.stop_gradient`.
+    """
+    args = (batch.input_ids, batch.attention_mask, batch.loss_mask)
+    policy_logps = sequence_logps(policy, *args, chunk_size=chunk_size)
+    if batch.ref_logps is not None:
+        return policy_logps, batch.ref_logps
+    ref_logps = sequence_logps(reference, *args, chunk_size=chunk_size)
+    return policy_logps, jax.lax.stop_gradient(ref_logps)
+
 
 LINKS: dict[str, Callable[[PreferenceObjective], losses.Link]] = {
     "sigmoid": lambda o: losses.sigmoid_link(o.label_smoothing),
@@ -29,7 +51,7 @@ LINKS: dict[str, Callable[[PreferenceObjective], losses.Link]] = {
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class PreferenceObjective:
+class PreferenceObjective(ObjectiveDefaults):
     """A direct-alignment loss on pairs: SafeDPO (``safe=True``) or a plain DPO baseline.
 
     pairs: the pair construction the data pipeline builds (`safedpo_jax.data.PAIR_MODES`).
@@ -95,14 +117,7 @@ class PreferenceObjective:
         The reference log-probs come from the batch when cached, else from a forward pass
         of ``reference`` (no gradient flows into it).
         """
-        args = (batch.input_ids, batch.attention_mask, batch.loss_mask)
-        policy_logps = sequence_logps(policy, *args, chunk_size=self.chunk_size)
-        if batch.ref_logps is not None:
-            ref_logps = batch.ref_logps
-        else:
-            ref_logps = jax.lax.stop_gradient(
-                sequence_logps(reference, *args, chunk_size=self.chunk_size)
-            )
+        policy_logps, ref_logps = pair_logps(policy, reference, batch, self.chunk_size)
         return self.kernel(policy_logps, ref_logps, batch.unsafe, batch.valid)
 
     def sums(
@@ -134,4 +149,61 @@ def build(config: TrainConfig) -> PreferenceObjective:
         label_smoothing=config.label_smoothing,
         chunk_size=config.logprob_chunk_size,
         keep_both_unsafe=config.keep_both_unsafe,
+    )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BFPOObjective(ObjectiveDefaults):
+    """BFPO (Zhang et al., ICLR 2025): a supervised loss on helpfulness pairs with safety labels.
+
+    `safedpo_jax.losses.bfpo_loss` on every valid pair in helpfulness order (none swapped
+    or dropped), mean over valid pairs; ``b1`` and ``alpha`` are the paper's constants.
+    """
+
+    name: ClassVar[str] = "bfpo"
+    beta: float = 0.01
+    b1: float = 3.0
+    alpha: float = 0.5
+    chunk_size: int | None = None
+
+    @property
+    def uses_reference(self) -> bool:
+        return True
+
+    def denominator(self, batch: StepBatch) -> Array:
+        return jnp.sum(batch.valid).astype(jnp.float32)
+
+    def sums(
+        self, policy: Model, reference: Model | None, batch: StepBatch
+    ) -> tuple[Array, dict[str, Array]]:
+        policy_logps, ref_logps = pair_logps(policy, reference, batch, self.chunk_size)
+        out = losses.bfpo_loss(
+            policy_logps[:, 0],
+            policy_logps[:, 1],
+            ref_logps[:, 0],
+            ref_logps[:, 1],
+            batch.unsafe[:, 0],
+            batch.unsafe[:, 1],
+            beta=self.beta,
+            b1=self.b1,
+            alpha=self.alpha,
+            where=batch.valid,
+        )
+        return out.losses.sum(), losses.metric_sums(out, batch.valid)
+
+    def load_data(self, config: TrainConfig, tokenizer: Any, split: str):
+        return load_preference_data(
+            config.dataset, split=split, pairs="helpful", **data_options(config, tokenizer)
+        )
+
+    def device_batch(self, host: PairBatch, mesh: Mesh, ref_logps: np.ndarray | None):
+        return pair_step_batch(host, mesh, ref_logps)
+
+
+def build_bfpo(config: TrainConfig) -> BFPOObjective:
+    return BFPOObjective(
+        beta=config.beta,
+        b1=config.bfpo_b1,
+        alpha=config.bfpo_alpha,
+        chunk_size=config.logprob_chunk_size,
     )

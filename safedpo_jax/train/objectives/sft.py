@@ -14,13 +14,19 @@ from safedpo_jax.data import SFTBatch, load_sft_data
 from safedpo_jax.logprobs import sequence_logps
 from safedpo_jax.models import Model
 from safedpo_jax.train.config import TrainConfig
-from safedpo_jax.train.objectives.base import SFTStepBatch, data_options, over, sft_step_batch
+from safedpo_jax.train.objectives.base import (
+    ObjectiveDefaults,
+    SFTStepBatch,
+    data_options,
+    over,
+    sft_step_batch,
+)
 
 Array = jax.Array
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class SFTObjective:
+class SFTObjective(ObjectiveDefaults):
     """Supervised fine-tuning: mean negative log-likelihood per response token.
 
     The mean is over the response tokens (and EOS) of the whole global batch.
