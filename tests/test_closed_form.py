@@ -275,6 +275,16 @@ def test_p_sacpo_merge_of_the_optima_is_sacpo_at_beta2_over_q(world0, stage1):
         cf.merge_logits(stage1, stage2, 1.5)
 
 
+def test_p_sacpo_at_the_papers_merge_beta2_reaches_its_closed_form_once_logits_converge(world0):
+    # SACPO merges at beta2 = 0.01: stage 2's probabilities converge within 3000 steps but
+    # its logits (which the merge adds) need about 20000.
+    out = cf.train_sacpo(world0, beta2=0.01, steps=20000)
+    for q in (0.25, 0.75):
+        merged = cf.probabilities(cf.merge_logits(out.stage1_logits, out.stage2_logits, q))
+        want = cf.p_sacpo_optimum(world0, beta1=BETA, beta2=0.01, q=q)
+        assert cf.evaluate_policy(merged, world0, want)["tv_to_own_optimum"] < 1e-3
+
+
 # ----------------------------------------------------------------------------- BFPO
 def test_bfpo_optimum_is_stationary_and_training_reaches_it(world0):
     opt = cf.bfpo_optimum(world0, beta=BETA)
