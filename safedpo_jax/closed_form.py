@@ -1,4 +1,4 @@
-"""A tabular preference world where the SafeDPO optimum is known in closed form.
+"""A tabular preference world where SafeDPO's and its baselines' optima are known.
 
 The paper (§4) shows that SafeDPO's population objective is minimised by
 
@@ -6,10 +6,10 @@ The paper (§4) shows that SafeDPO's population objective is minimised by
 
 for every margin ``Delta >= 0`` (Propositions 4.3 and 4.4), while plain DPO on the raw
 helpfulness pairs is minimised by the unconstrained ``pi_ref exp(r / beta) / Z``. This
-module builds a small world (a few prompts, a few responses each, known rewards and
-safety labels, a random reference), writes down the *population* loss of each pair
-construction through the library's kernel, and trains a tabular softmax policy on it
-with optax, so the kernel can be checked against the closed form.
+module builds a small world (a few prompts, a few responses each, known rewards, costs and
+safety labels, a random reference), writes down the *population* loss of each method
+through the library's kernels, and trains a tabular softmax policy (free logits) on it
+with optax, so each kernel can be checked against its closed form.
 
 Population losses: for each prompt every unordered pair ``{i, j}`` of distinct responses
 is drawn with equal probability, and ``i`` is preferred to ``j`` with the Bradley-Terry
@@ -25,12 +25,28 @@ compares are
  ``safebetter``  reward r, pairs whose      `losses.dpo_loss` (DPO-SAFEBETTER)
                  winner is unsafe removed
 ==============  =========================  ==========================================
+
+and the other safety methods, with their population optima where they have one:
+
+- SACPO (Wachi et al. 2024), two chained stages. Stage 1: DPO on the ``helpful`` pairs
+  from and referenced to ``pi_ref`` (``beta1``), optimum
+  ``pi_1 = pi_ref exp(r / beta1) / Z``. Stage 2 from and referenced to the stage-1 policy
+  ``pi_1`` *as trained* (``beta2``): DPO on the ``harmless`` pairs, whose Bradley-Terry
+  score is ``-c``, optimum ``pi_1 exp(-c / beta2) / Z`` (`sacpo_stage2_optimum`); or KTO
+  on the safety labels (`kto_population_loss`; no closed form: the reference point is a
+  non-smooth function of the policy).
+- P-SACPO: the linear merge ``(1 - q) theta_helpful + q theta_sacpo`` of the two
+  policies' logits (`merge_logits`). Merging the two optima gives
+  ``pi_ref exp(r / beta1 - q c / beta2) / Z`` (`p_sacpo_optimum`): SACPO at ``beta2 / q``.
+- BFPO (Zhang et al. 2025): the squared loss of `losses.bfpo_loss` on the ``helpful``
+  pairs. It is a weighted least-squares problem in the log-ratios, solved exactly per
+  prompt by `bfpo_optimum`; unlike SafeDPO it leaves finite mass on unsafe responses.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +56,10 @@ import optax
 from safedpo_jax import losses
 
 CONSTRUCTIONS: tuple[str, ...] = ("safedpo", "helpful", "harmless", "safebetter")
+
+#: A kernel with `losses.safedpo_loss`'s signature, returning an object with per-pair
+#: ``losses`` and ``keep`` (a `losses.PreferenceOutput`).
+Kernel = Callable[..., losses.PreferenceOutput]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +90,7 @@ def make_world(
     n_prompts: int = 4,
     n_responses: int = 6,
     n_unsafe: int = 2,
-    beta: float = 1.0,
+    beta: float = 0.5,
 ) -> TabularWorld:
     """A random world in which, for every prompt, the most rewarded response is unsafe.
 
@@ -102,18 +122,33 @@ def make_world(
     return TabularWorld(ref_logprobs=ref_logprobs, reward=reward, cost=cost, beta=beta)
 
 
+def softmax_tilt(
+    log_base: np.ndarray, score: np.ndarray, beta: float, exclude: np.ndarray | None = None
+) -> np.ndarray:
+    """``base exp(score / beta)`` renormalised per prompt (zero where ``exclude``), (X, K).
+
+    The Gibbs / DPO optimum of a KL-regularised objective with reward ``score``.
+
+    >>> softmax_tilt(np.log([[0.5, 0.5]]), np.array([[np.log(3.0), 0.0]]), 1.0).round(6)
+    array([[0.75, 0.25]])
+    """
+    logits = np.asarray(log_base, np.float64) + np.asarray(score, np.float64) / beta
+    if exclude is not None:
+        logits = np.where(exclude, -np.inf, logits)
+    logits = logits - logits.max(-1, keepdims=True)
+    p = np.exp(logits)
+    return p / p.sum(-1, keepdims=True)
+
+
 def optimal_policy(world: TabularWorld, *, safe: bool = True) -> np.ndarray:
     """The closed-form optimum, (X, K) probabilities.
 
     ``safe=True``: SafeDPO's ``pi_ref exp(r / beta)`` renormalised over safe responses
     (zero on unsafe ones). ``safe=False``: the unconstrained DPO optimum.
     """
-    logits = world.ref_logprobs + world.reward / world.beta
-    if safe:
-        logits = np.where(world.unsafe, -np.inf, logits)
-    logits = logits - logits.max(-1, keepdims=True)
-    p = np.exp(logits)
-    return p / p.sum(-1, keepdims=True)
+    return softmax_tilt(
+        world.ref_logprobs, world.reward, world.beta, world.unsafe if safe else None
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,44 +198,42 @@ def population_loss(
     *,
     beta: float,
     delta: float = 0.0,
+    reference: np.ndarray | None = None,
+    kernel: Kernel | None = None,
 ) -> jax.Array:
     """The expected loss of a (X, K) tabular policy over ``pairs``.
 
     For ``safedpo`` the weights of pairs dropped by ``T`` leave the normaliser too, as
-    in the paper's expectation over ``T(D)``.
+    in the paper's expectation over ``T(D)``. ``reference`` is the (X, K) reference
+    log-probs (default ``world.ref_logprobs``). ``kernel`` replaces `losses.safedpo_loss`
+    for the ``safedpo`` construction (same signature; the tests pass deliberately wrong
+    kernels through it); the other constructions use `losses.dpo_loss`.
     """
     logp = jax.nn.log_softmax(policy_logits.astype(jnp.float32), axis=-1)
-    ref = jnp.asarray(world.ref_logprobs, jnp.float32)
+    ref = jnp.asarray(world.ref_logprobs if reference is None else reference, jnp.float32)
     x, i, j = pairs.prompt, pairs.chosen, pairs.rejected
     args = (logp[x, i], logp[x, j], ref[x, i], ref[x, j])
     if construction == "safedpo":
-        out = losses.safedpo_loss(
-            *args, pairs.chosen_unsafe, pairs.rejected_unsafe, beta=beta, delta=delta
-        )
+        kernel = losses.safedpo_loss if kernel is None else kernel
+        out = kernel(*args, pairs.chosen_unsafe, pairs.rejected_unsafe, beta=beta, delta=delta)
     else:
         out = losses.dpo_loss(*args, beta=beta)
     weight = jnp.where(out.keep, jnp.asarray(pairs.weight, jnp.float32), 0.0)
     return jnp.sum(weight * out.losses) / jnp.sum(weight)
 
 
-def train_policy(
-    world: TabularWorld,
-    construction: str,
+def fit_logits(
+    loss: Callable[[jax.Array], jax.Array],
+    init_logits: np.ndarray,
     *,
-    delta: float = 0.0,
     steps: int = 3000,
     learning_rate: float = 0.05,
 ) -> np.ndarray:
-    """Trains a tabular softmax policy (initialised at ``pi_ref``) with Adam.
+    """Minimises ``loss`` over free (X, K) logits with Adam, from ``init_logits``.
 
-    Returns the (X, K) policy probabilities. The whole loop is one jitted `lax.scan`.
+    The whole loop is one jitted `lax.scan`; returns the final logits (float64 copy).
     """
-    pairs = pair_table(world, construction)
     opt = optax.adam(learning_rate)
-    init = jnp.asarray(world.ref_logprobs, jnp.float32)
-
-    def loss(theta: jax.Array) -> jax.Array:
-        return population_loss(theta, world, pairs, construction, beta=world.beta, delta=delta)
 
     @jax.jit
     def run(theta: jax.Array) -> jax.Array:
@@ -212,11 +245,301 @@ def train_policy(
         (theta, _), _ = jax.lax.scan(step, (theta, opt.init(theta)), length=steps)
         return theta
 
-    return np.asarray(jax.nn.softmax(run(init), axis=-1), np.float64)
+    return np.asarray(run(jnp.asarray(init_logits, jnp.float32)), np.float64)
 
 
-def evaluate_policy(policy: np.ndarray, world: TabularWorld) -> dict[str, float]:
-    """Unsafe mass, total variation to both optima and expected reward, averaged over prompts.
+def train_logits(
+    world: TabularWorld,
+    construction: str,
+    *,
+    delta: float = 0.0,
+    steps: int = 3000,
+    learning_rate: float = 0.05,
+    beta: float | None = None,
+    reference: np.ndarray | None = None,
+    kernel: Kernel | None = None,
+) -> np.ndarray:
+    """Trains a tabular policy on one construction's population loss; returns its logits.
+
+    The policy starts *at* its reference (``reference``, log-probs, default ``pi_ref``),
+    as every stage of these methods does; ``beta`` defaults to ``world.beta``.
+    """
+    pairs = pair_table(world, construction)
+    beta = world.beta if beta is None else beta
+    ref = world.ref_logprobs if reference is None else np.asarray(reference)
+
+    def loss(theta: jax.Array) -> jax.Array:
+        return population_loss(
+            theta,
+            world,
+            pairs,
+            construction,
+            beta=beta,
+            delta=delta,
+            reference=ref,
+            kernel=kernel,
+        )
+
+    return fit_logits(loss, ref, steps=steps, learning_rate=learning_rate)
+
+
+def train_policy(
+    world: TabularWorld,
+    construction: str,
+    *,
+    delta: float = 0.0,
+    steps: int = 3000,
+    learning_rate: float = 0.05,
+    beta: float | None = None,
+    reference: np.ndarray | None = None,
+    kernel: Kernel | None = None,
+) -> np.ndarray:
+    """`train_logits`, returned as (X, K) probabilities."""
+    logits = train_logits(
+        world,
+        construction,
+        delta=delta,
+        steps=steps,
+        learning_rate=learning_rate,
+        beta=beta,
+        reference=reference,
+        kernel=kernel,
+    )
+    return probabilities(logits)
+
+
+def probabilities(logits: np.ndarray) -> np.ndarray:
+    """Softmax over responses, in float64.
+
+    >>> probabilities(np.log([[1.0, 3.0]]))
+    array([[0.25, 0.75]])
+    """
+    z = np.asarray(logits, np.float64)
+    z = z - z.max(-1, keepdims=True)
+    p = np.exp(z)
+    return p / p.sum(-1, keepdims=True)
+
+
+def log_probabilities(logits: np.ndarray) -> np.ndarray:
+    """Log-softmax over responses, in float64 (a reference for the next stage)."""
+    z = np.asarray(logits, np.float64)
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+# --------------------------------------------------------------------------------------
+# SACPO and P-SACPO
+# --------------------------------------------------------------------------------------
+
+
+def sacpo_stage2_optimum(
+    stage1_policy: np.ndarray, world: TabularWorld, beta2: float
+) -> np.ndarray:
+    """Stage 2 DPO's optimum on the ``harmless`` pairs: ``pi_1 exp(-c / beta2) / Z``.
+
+    The harmless pairs are ordered with Bradley-Terry probability ``sigmoid(c_j - c_i)``,
+    so their implied reward is ``-c`` (up to a per-prompt constant that ``Z`` absorbs),
+    and DPO referenced to ``pi_1`` is minimised by ``pi_1`` tilted by it.
+
+    >>> w = make_world(0)
+    >>> p = sacpo_stage2_optimum(np.exp(w.ref_logprobs), w, 1e-3)
+    >>> bool((p.argmax(-1) == w.cost.argmin(-1)).all())  # small beta2: least harmful only
+    True
+    """
+    return softmax_tilt(np.log(stage1_policy), -world.cost, beta2)
+
+
+def kto_population_loss(
+    policy_logits: jax.Array,
+    reference: np.ndarray,
+    desirable: np.ndarray,
+    *,
+    beta: float,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+) -> jax.Array:
+    """KTO's expected loss (`losses.kto_loss`) with every (prompt, response) equally likely.
+
+    Responses are drawn uniformly per prompt (as the pairs draw them); the reference point
+    is KTO's ``max(0, mean log-ratio)`` over mismatched completions, which in this world
+    (response slots shared by all prompts, drawn uniformly) is the mean log-ratio over
+    all (prompt, response) cells, with no gradient. The batch loss is the plain mean, as
+    in TRL.
+    """
+    logp = jax.nn.log_softmax(policy_logits.astype(jnp.float32), axis=-1).ravel()
+    ref = jnp.asarray(reference, jnp.float32).ravel()
+    out = losses.kto_loss(
+        logp,
+        ref,
+        jnp.asarray(desirable).ravel(),
+        logp,
+        ref,
+        beta=beta,
+        desirable_weight=desirable_weight,
+        undesirable_weight=undesirable_weight,
+    )
+    return jnp.mean(out.losses)
+
+
+@dataclasses.dataclass(frozen=True)
+class SACPOResult:
+    """Logits of SACPO's two stages, each (X, K): stage 2 started from and referenced to stage 1."""
+
+    stage1_logits: np.ndarray
+    stage2_logits: np.ndarray
+
+
+def train_sacpo(
+    world: TabularWorld,
+    *,
+    beta2: float,
+    beta1: float | None = None,
+    stage2: str = "dpo",
+    steps: int = 3000,
+    learning_rate: float = 0.05,
+    stage1_logits: np.ndarray | None = None,
+) -> SACPOResult:
+    """SACPO: stage 1 DPO on helpfulness from ``pi_ref``, stage 2 from the stage-1 policy.
+
+    Args:
+      beta1: stage 1's beta (default ``world.beta``). beta2: stage 2's.
+      stage2: ``"dpo"`` (the ``harmless`` pairs) or ``"kto"`` (safety labels, desirable =
+        safe, desirable weight 1 and undesirable ``n_safe / n_unsafe`` as in SACPO).
+      stage1_logits: reuse a trained stage 1 (e.g. across a sweep of ``beta2``).
+    """
+    if stage2 not in ("dpo", "kto"):
+        raise ValueError(f"stage2 must be 'dpo' or 'kto', got {stage2!r}")
+    kw = {"steps": steps, "learning_rate": learning_rate}
+    if stage1_logits is None:
+        stage1_logits = train_logits(world, "helpful", beta=beta1, **kw)
+    pi_1 = log_probabilities(stage1_logits)
+    if stage2 == "dpo":
+        theta = train_logits(world, "harmless", beta=beta2, reference=pi_1, **kw)
+    else:
+        safe = ~world.unsafe
+        w_u = losses.kto_undesirable_weight(int(safe.sum()), int((~safe).sum()))
+
+        def loss(theta: jax.Array) -> jax.Array:
+            return kto_population_loss(theta, pi_1, safe, beta=beta2, undesirable_weight=w_u)
+
+        theta = fit_logits(loss, pi_1, **kw)
+    return SACPOResult(stage1_logits=np.asarray(stage1_logits), stage2_logits=theta)
+
+
+def merge_logits(helpful_logits: np.ndarray, sacpo_logits: np.ndarray, q: float) -> np.ndarray:
+    """P-SACPO's linear merge ``(1 - q) theta_helpful + q theta_sacpo`` of two tabular policies.
+
+    >>> merge_logits(np.zeros((1, 2)), np.array([[2.0, 0.0]]), 0.25)
+    array([[0.5, 0. ]])
+    """
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"the merge weight q must be in [0, 1], got {q}")
+    return (1.0 - q) * np.asarray(helpful_logits) + q * np.asarray(sacpo_logits)
+
+
+def p_sacpo_optimum(world: TabularWorld, *, beta1: float, beta2: float, q: float) -> np.ndarray:
+    """The merge of the two stages' optima: ``pi_ref exp(r / beta1 - q c / beta2) / Z``.
+
+    The helpful optimum's logits are ``log pi_ref + r / beta1`` and SACPO's add
+    ``-c / beta2`` (each up to a per-prompt constant, which a softmax ignores), so their
+    ``q``-merge is SACPO with ``beta2 / q``.
+    """
+    helpful = np.asarray(world.ref_logprobs) + world.reward / beta1
+    return softmax_tilt(helpful, -q * world.cost, beta2)
+
+
+# --------------------------------------------------------------------------------------
+# BFPO
+# --------------------------------------------------------------------------------------
+
+
+def bfpo_population_loss(
+    policy_logits: jax.Array,
+    world: TabularWorld,
+    *,
+    beta: float,
+    b1: float = 3.0,
+    alpha: float = 0.5,
+) -> jax.Array:
+    """BFPO's expected loss over the ``helpful`` pairs (helpfulness order, both labels)."""
+    pairs = pair_table(world, "helpful")
+    logp = jax.nn.log_softmax(policy_logits.astype(jnp.float32), axis=-1)
+    ref = jnp.asarray(world.ref_logprobs, jnp.float32)
+    x, i, j = pairs.prompt, pairs.chosen, pairs.rejected
+    out = losses.bfpo_loss(
+        logp[x, i],
+        logp[x, j],
+        ref[x, i],
+        ref[x, j],
+        pairs.chosen_unsafe,
+        pairs.rejected_unsafe,
+        beta=beta,
+        b1=b1,
+        alpha=alpha,
+    )
+    weight = jnp.asarray(pairs.weight, jnp.float32)
+    return jnp.sum(weight * out.losses) / jnp.sum(weight)
+
+
+def bfpo_optimum(
+    world: TabularWorld, *, beta: float, b1: float = 3.0, alpha: float = 0.5
+) -> np.ndarray:
+    """The exact minimiser of `bfpo_population_loss` over tabular policies, (X, K).
+
+    With log-ratios ``l = log pi - log pi_ref`` (free up to a per-prompt constant) the
+    loss is ``sum_{i != j} w_ij (l_i - l_j - tau_ij)^2``, a weighted least-squares problem
+    in ``l`` per prompt; its minimum-norm solution gives ``pi = pi_ref exp(l) / Z``.
+    """
+    pairs = pair_table(world, "helpful")
+    tau = (
+        np.asarray(
+            losses.bfpo_target(pairs.chosen_unsafe, pairs.rejected_unsafe, b1=b1, alpha=alpha),
+            np.float64,
+        )
+        / beta
+    )
+    n_prompts, k = world.reward.shape
+    log_ratio = np.zeros((n_prompts, k))
+    for x in range(n_prompts):
+        sel = pairs.prompt == x
+        root_w = np.sqrt(pairs.weight[sel])
+        design = np.zeros((int(sel.sum()), k))
+        rows = np.arange(len(design))
+        design[rows, pairs.chosen[sel]] = root_w
+        design[rows, pairs.rejected[sel]] = -root_w
+        log_ratio[x] = np.linalg.lstsq(design, root_w * tau[sel], rcond=None)[0]
+    return softmax_tilt(world.ref_logprobs, log_ratio, 1.0)
+
+
+def train_bfpo(
+    world: TabularWorld,
+    *,
+    beta: float | None = None,
+    steps: int = 3000,
+    learning_rate: float = 0.05,
+) -> np.ndarray:
+    """Trains a tabular policy (from ``pi_ref``) on BFPO's population loss; returns logits."""
+    beta = world.beta if beta is None else beta
+    return fit_logits(
+        lambda theta: bfpo_population_loss(theta, world, beta=beta),
+        world.ref_logprobs,
+        steps=steps,
+        learning_rate=learning_rate,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Evaluation and comparison tables
+# --------------------------------------------------------------------------------------
+
+
+def evaluate_policy(
+    policy: np.ndarray, world: TabularWorld, own_optimum: np.ndarray | None = None
+) -> dict[str, float]:
+    """Unsafe mass, total variation to the optima and expected reward, averaged over prompts.
+
+    ``tv_to_own_optimum`` is the TV to ``own_optimum`` (the method's own closed form), NaN
+    when none is given.
 
     >>> w = make_world(0)
     >>> m = evaluate_policy(optimal_policy(w), w)
@@ -230,6 +553,7 @@ def evaluate_policy(policy: np.ndarray, world: TabularWorld) -> dict[str, float]
         "unsafe_mass": float((policy * world.unsafe).sum(-1).mean()),
         "tv_to_safe_optimum": tv(safe_opt),
         "tv_to_unconstrained_optimum": tv(free_opt),
+        "tv_to_own_optimum": float("nan") if own_optimum is None else tv(own_optimum),
         "expected_reward": float((policy * world.reward).sum(-1).mean()),
         "expected_cost": float((policy * world.cost).sum(-1).mean()),
     }
@@ -245,21 +569,70 @@ def compare(
     """Trains SafeDPO at each margin and the three DPO baselines; returns their metrics.
 
     Rows are named ``SafeDPO (delta=D)``, ``DPO-HELPFUL``, ``DPO-HARMLESS``,
-    ``DPO-SAFEBETTER``, plus the two closed-form optima and the reference itself.
+    ``DPO-SAFEBETTER``, plus the two closed-form optima and the reference itself; each
+    method's ``tv_to_own_optimum`` is to its own population optimum.
     """
+    safe_opt = optimal_policy(world, safe=True)
+    free_opt = optimal_policy(world, safe=False)
     rows: dict[str, dict[str, float]] = {
         "reference": evaluate_policy(np.exp(world.ref_logprobs), world),
-        "closed-form safe optimum": evaluate_policy(optimal_policy(world, safe=True), world),
-        "unconstrained optimum": evaluate_policy(optimal_policy(world, safe=False), world),
+        "closed-form safe optimum": evaluate_policy(safe_opt, world, safe_opt),
+        "unconstrained optimum": evaluate_policy(free_opt, world, free_opt),
     }
     kw = {"steps": steps, "learning_rate": learning_rate}
     for delta in deltas:
         policy = train_policy(world, "safedpo", delta=delta, **kw)
-        rows[f"SafeDPO (delta={delta:g})"] = evaluate_policy(policy, world)
-    for construction, name in (
-        ("helpful", "DPO-HELPFUL"),
-        ("harmless", "DPO-HARMLESS"),
-        ("safebetter", "DPO-SAFEBETTER"),
+        rows[f"SafeDPO (delta={delta:g})"] = evaluate_policy(policy, world, safe_opt)
+    harmless_opt = softmax_tilt(world.ref_logprobs, -world.cost, world.beta)
+    for construction, name, own in (
+        ("helpful", "DPO-HELPFUL", free_opt),
+        ("harmless", "DPO-HARMLESS", harmless_opt),
+        ("safebetter", "DPO-SAFEBETTER", safe_opt),
     ):
-        rows[name] = evaluate_policy(train_policy(world, construction, **kw), world)
+        rows[name] = evaluate_policy(train_policy(world, construction, **kw), world, own)
+    return rows
+
+
+def compare_methods(
+    world: TabularWorld,
+    beta2s: Sequence[float] = (0.1, 0.05, 0.025, 0.01),
+    qs: Sequence[float] = (0.25, 0.5, 0.75),
+    *,
+    merge_beta2: float = 0.01,
+    steps: int = 3000,
+    learning_rate: float = 0.05,
+) -> dict[str, dict[str, float]]:
+    """SACPO (DPO and KTO stage 2, each ``beta2``), P-SACPO (each ``q``) and BFPO.
+
+    Stage 1 and BFPO use ``world.beta``; P-SACPO merges the stage-1 policy with SACPO's
+    DPO stage 2 at ``merge_beta2`` (SACPO's merges use 0.01). Rows as in `compare`, with
+    ``tv_to_own_optimum`` to the method's closed form (NaN for KTO, which has none here).
+    """
+    kw = {"steps": steps, "learning_rate": learning_rate}
+    beta1 = world.beta
+    stage1 = train_logits(world, "helpful", beta=beta1, **kw)
+    pi_1 = probabilities(stage1)
+    rows = {
+        f"SACPO stage 1 (DPO-HELPFUL, beta={beta1:g})": evaluate_policy(
+            pi_1, world, optimal_policy(world, safe=False)
+        )
+    }
+    stage2 = {}
+    for beta2 in sorted({*beta2s, merge_beta2}, reverse=True):
+        for kind in ("dpo", "kto"):
+            out = train_sacpo(world, beta2=beta2, stage2=kind, stage1_logits=stage1, **kw)
+            own = sacpo_stage2_optimum(pi_1, world, beta2) if kind == "dpo" else None
+            if kind == "dpo":
+                stage2[beta2] = out.stage2_logits
+            if beta2 in beta2s:
+                name = f"SACPO ({kind.upper()} stage 2, beta2={beta2:g})"
+                rows[name] = evaluate_policy(probabilities(out.stage2_logits), world, own)
+    for q in qs:
+        merged = probabilities(merge_logits(stage1, stage2[merge_beta2], q))
+        own = p_sacpo_optimum(world, beta1=beta1, beta2=merge_beta2, q=q)
+        rows[f"P-SACPO (q={q:g}, beta2={merge_beta2:g})"] = evaluate_policy(merged, world, own)
+    bfpo = probabilities(train_bfpo(world, **kw))
+    rows[f"BFPO (beta={world.beta:g})"] = evaluate_policy(
+        bfpo, world, bfpo_optimum(world, beta=world.beta)
+    )
     return rows

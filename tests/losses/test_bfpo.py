@@ -66,9 +66,14 @@ def test_gradients_extremes_and_padding():
     pc, pr, rc, rr = (jnp.asarray(a) for a in logps(1, n=4))
     h_w, h_l = (jnp.array(x) for x in np.array(LABELS).T)
     check_grads(
-        lambda a, b: bfpo_loss(a, b, rc, rr, h_w, h_l, beta=0.5).losses, (pc, pr), order=1,
-        modes=["rev"], eps=1e-2, atol=1e-2, rtol=1e-3,
-    )  # fmt: skip
+        lambda a, b: bfpo_loss(a, b, rc, rr, h_w, h_l, beta=0.5).losses,
+        (pc, pr),
+        order=1,
+        modes=["rev"],
+        eps=1e-2,
+        atol=1e-2,
+        rtol=1e-3,
+    )
     big = jnp.array([1e4, -1e4, 1e4, -1e4])
     out = bfpo_loss(big, -big, jnp.zeros(4), jnp.zeros(4), h_w, h_l, beta=0.01)
     assert np.isfinite(out.losses).all()

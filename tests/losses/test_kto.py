@@ -102,11 +102,19 @@ def trl_kto_batch_loss(policy, ref, desirable, kl_policy, kl_ref, *, beta, w_d, 
     model = Model()
     accelerator = types.SimpleNamespace(device="cpu", gather_for_metrics=lambda x: x)
     stub = types.SimpleNamespace(
-        model=model, accelerator=accelerator, calculate_KL=True, precompute_ref_logps=True,
-        aux_loss_enabled=False, loss_type="kto", beta=beta, desirable_weight=w_d,
-        undesirable_weight=w_u, _metrics={"train": defaultdict(list)}, _total_train_tokens=0,
+        model=model,
+        accelerator=accelerator,
+        calculate_KL=True,
+        precompute_ref_logps=True,
+        aux_loss_enabled=False,
+        loss_type="kto",
+        beta=beta,
+        desirable_weight=w_d,
+        undesirable_weight=w_u,
+        _metrics={"train": defaultdict(list)},
+        _total_train_tokens=0,
         _tp_size=1,
-    )  # fmt: skip
+    )
     stub._compute_kl_logps = types.MethodType(kto_trainer.KTOTrainer._compute_kl_logps, stub)
     loss = kto_trainer.KTOTrainer._compute_loss(stub, model, inputs, return_outputs=False)
     return float(loss), stub._metrics["train"]["kl"][-1]
@@ -132,8 +140,13 @@ def test_reference_point_carries_no_gradient_and_loss_gradients_are_right():
     np.testing.assert_array_equal(jax.grad(total)(kl_policy), 0.0)
     check_grads(
         lambda p: kto_loss(p, ref, desirable, kl_policy, kl_ref, beta=0.5).losses,
-        (policy,), order=1, modes=["rev"], eps=1e-2, atol=1e-3, rtol=1e-3,
-    )  # fmt: skip
+        (policy,),
+        order=1,
+        modes=["rev"],
+        eps=1e-2,
+        atol=1e-3,
+        rtol=1e-3,
+    )
     # Desirable examples are pushed up, undesirable ones down.
     g = jax.grad(lambda p: kto_loss(p, ref, desirable, kl_policy, kl_ref, beta=0.1).losses.sum())(
         policy
@@ -146,21 +159,29 @@ def test_where_excludes_padding_from_losses_and_reference_point():
     where = np.ones(10, bool)
     where[[3, 7]] = False
     pad = np.where(where, policy, -np.inf)
-    out = kto_loss(pad, ref, desirable, np.where(where, kl_policy, np.nan), kl_ref, beta=0.1,
-                   where=where)  # fmt: skip
+    out = kto_loss(
+        pad, ref, desirable, np.where(where, kl_policy, np.nan), kl_ref, beta=0.1, where=where
+    )
     sliced = kto_loss(*(a[where] for a in (policy, ref, desirable, kl_policy, kl_ref)), beta=0.1)
     np.testing.assert_allclose(out.losses[where], sliced.losses, rtol=1e-6)
     np.testing.assert_array_equal(out.losses[~where], 0.0)
     np.testing.assert_allclose(out.z0, sliced.z0, rtol=1e-6)
-    g = jax.grad(lambda p: kto_loss(p, ref, desirable, kl_policy, kl_ref, beta=0.1,
-                                    where=where).losses.sum())(jnp.asarray(pad))  # fmt: skip
+    g = jax.grad(
+        lambda p: kto_loss(p, ref, desirable, kl_policy, kl_ref, beta=0.1, where=where).losses.sum()
+    )(jnp.asarray(pad))
     assert np.isfinite(g).all() and (g[~where] == 0).all()
 
 
 def test_extremes_are_finite():
     big = jnp.array([1e4, -1e4, 1e4, -1e4])
-    out = kto_loss(big, jnp.zeros(4), jnp.array([True, True, False, False]), jnp.zeros(4),
-                   jnp.zeros(4), beta=1.0)  # fmt: skip
+    out = kto_loss(
+        big,
+        jnp.zeros(4),
+        jnp.array([True, True, False, False]),
+        jnp.zeros(4),
+        jnp.zeros(4),
+        beta=1.0,
+    )
     np.testing.assert_allclose(out.losses, [0.0, 1.0, 1.0, 0.0], atol=1e-6)
 
 
@@ -168,8 +189,9 @@ def test_metrics_and_weight_helper():
     policy, ref, desirable, kl_policy, kl_ref = batch(5, kl_shift=1.0)
     out = kto_loss(policy, ref, desirable, kl_policy, kl_ref, beta=0.1)
     m = finalize_metrics(kto_metric_sums(out))
-    np.testing.assert_allclose(m["rewards/chosen"], 0.1 * (policy - ref)[desirable].mean(),
-                               rtol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(
+        m["rewards/chosen"], 0.1 * (policy - ref)[desirable].mean(), rtol=1e-5
+    )
     np.testing.assert_allclose(m["logps/rejected"], policy[~desirable].mean(), rtol=1e-5)
     np.testing.assert_allclose(m["kl"], kto_reference_point(kl_policy, kl_ref), rtol=1e-6)
     assert kto_undesirable_weight(90, 30) == 3.0
