@@ -409,6 +409,8 @@ def score_model_from_causal_lm(
     given (reward model, cost model or critic). ``layout="hf"``
     (``*ForSequenceClassification``): no bias, ``num_labels = score_dim``.
     """
+    if not (isinstance(score_dim, int) and score_dim >= 1):
+        raise ValueError(f"score_dim must be a positive int, got {score_dim!r}")
     directory = resolve(path_or_hub_id, revision=revision)
     lm_config = _read_config(directory)
     if lm_config.kind != "causal_lm":

@@ -196,6 +196,10 @@ def test_score_model_from_causal_lm_rejects_other_keys_and_score_models(tmp_path
         from_pretrained(tmp_path / "good", kind="score")
     with pytest.raises(ValueError, match="'safe_rlhf' or 'hf'"):
         score_model_from_causal_lm(tmp_path / "good", layout="trl")
+    with pytest.raises(ValueError, match="score_dim must be a positive int, got 0"):
+        score_model_from_causal_lm(tmp_path / "good", score_dim=0)
+    with pytest.raises(ValueError, match="unsupported score_type 'value'"):
+        score_model_from_causal_lm(tmp_path / "good", score_type="value")
 
 
 # ------------------------------------------------------------------------------- export
