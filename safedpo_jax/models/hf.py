@@ -19,6 +19,12 @@ heads split, so einsums read ``x_btd, w_dnh -> q_btnh``):
 ``linear_o``  ``[out, in...]`` -> transpose -> ``[*in, out]`` (o_proj ``[D, N*H]`` -> ``[N,H,D]``)
 ``count``     like ``copy``; int64 in the file, int32 in memory (safe-rlhf's normalizer count)
 
+Score models come in two layouts, both loaded by `from_pretrained` and both written by
+`save_pretrained` (``format=``): Hugging Face ``*ForSequenceClassification`` (``score``, no
+bias) and safe-rlhf ``*ForScore`` (``score_head`` with an optional bias and the
+``normalizer.*`` buffers). `convert_score_model` turns one into the other;
+`score_model_from_causal_lm` starts one from a ``*ForCausalLM`` checkpoint with a new head.
+
 With a mesh, the abstract model (`flax.nnx.eval_shape`) gives each parameter's
 `jax.sharding.NamedSharding` (`safedpo_jax.sharding.state_shardings`); tensors are read one
 at a time from the safetensors files and each device receives only its slice
@@ -409,6 +415,8 @@ def score_model_from_causal_lm(
     given (reward model, cost model or critic). ``layout="hf"``
     (``*ForSequenceClassification``): no bias, ``num_labels = score_dim``.
     """
+    if not (isinstance(score_dim, int) and score_dim >= 1):
+        raise ValueError(f"score_dim must be a positive int, got {score_dim!r}")
     directory = resolve(path_or_hub_id, revision=revision)
     lm_config = _read_config(directory)
     if lm_config.kind != "causal_lm":

@@ -24,7 +24,8 @@ two safetensors checkpoint directories and writes a third:
   JAX devices: it runs on any host with disk access.
 
 The merge fails with a one-line `ValueError` before writing anything when the two key
-sets, a shape, or the configs' ``architectures`` / ``model_type`` / shape fields differ.
+sets, a shape, or the configs' ``architectures`` / ``model_type`` / shape fields differ;
+an integer tensor that differs is found while writing, and the partial output is removed.
 
 Command::
 
@@ -240,7 +241,27 @@ def merge_checkpoints(
     ea, eb = _entries(a), _entries(b)
     _check_keys(a, b, ea, eb)
 
+    created = not output.exists()
     output.mkdir(parents=True, exist_ok=True)
+    try:
+        written, files = _write_weights(a, b, eb, output, q)
+        if (a / INDEX_FILE).exists():
+            shutil.copyfile(a / INDEX_FILE, output / INDEX_FILE)
+        copied = _copy_other_files(a, output)
+    except BaseException:  # leave no partial checkpoint behind (output was new or empty)
+        if created:
+            shutil.rmtree(output, ignore_errors=True)
+        else:
+            for path in output.iterdir():
+                path.unlink()
+        raise
+    return MergeSummary(len(ea), len(files), written, tuple(copied))
+
+
+def _write_weights(
+    a: Path, b: Path, eb: dict[str, _Entry], output: Path, q: float
+) -> tuple[int, list[str]]:
+    """Writes each of A's weight files merged, tensor by tensor; ``(bytes, file names)``."""
     written = 0
     files = _weight_files(a)
     with contextlib.ExitStack() as stack:
@@ -265,16 +286,14 @@ def merge_checkpoints(
                     data = _bytes_of(merged)
                     if len(data) != entry.end - entry.begin:
                         raise ValueError(
-                            f"{key!r}: {len(data)} bytes for a slot of {entry.end - entry.begin}"
+                            f"tensor {key!r}: {len(data)} bytes for a slot of "
+                            f"{entry.end - entry.begin} in {a / name}"
                         )
                     out.write(data)
                     position = entry.end
                     del x_a, x_b, merged, data
                 written += out.tell()
-    if (a / INDEX_FILE).exists():
-        shutil.copyfile(a / INDEX_FILE, output / INDEX_FILE)
-    copied = _copy_other_files(a, output)
-    return MergeSummary(len(ea), len(files), written, tuple(copied))
+    return written, files
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -154,6 +154,11 @@ def test_integer_tensors_must_agree_and_bad_arguments_are_named(tmp_path):
     save_file({"w": W, "count": count + 1}, b / "model.safetensors")
     with pytest.raises(ValueError, match="int64 tensor 'count' differs"):
         merge_checkpoints(a, b, q=0.5, output=tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()  # no partial checkpoint left
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="int64 tensor 'count' differs"):
+        merge_checkpoints(a, b, q=0.5, output=tmp_path / "empty")
+    assert (tmp_path / "empty").is_dir() and not list((tmp_path / "empty").iterdir())
     with pytest.raises(ValueError, match=r"q must be a number in \[0, 1\], got 1.5"):
         merge_checkpoints(a, b, q=1.5, output=tmp_path / "q")
     with pytest.raises(FileExistsError, match="not empty"):

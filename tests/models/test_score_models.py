@@ -196,6 +196,10 @@ def test_score_model_from_causal_lm_rejects_other_keys_and_score_models(tmp_path
         from_pretrained(tmp_path / "good", kind="score")
     with pytest.raises(ValueError, match="'safe_rlhf' or 'hf'"):
         score_model_from_causal_lm(tmp_path / "good", layout="trl")
+    with pytest.raises(ValueError, match="score_dim must be a positive int, got 0"):
+        score_model_from_causal_lm(tmp_path / "good", score_dim=0)
+    with pytest.raises(ValueError, match="unsupported score_type 'value'"):
+        score_model_from_causal_lm(tmp_path / "good", score_type="value")
 
 
 # ------------------------------------------------------------------------------- export
@@ -342,3 +346,31 @@ def test_hf_classifier_to_safe_rlhf_and_back(tmp_path):
     assert relabelled.config.score_type == "cost"
     ids, mask = batches()["right"]
     np.testing.assert_array_equal(run(relabelled, ids, mask), run(safe, ids, mask))
+
+
+def test_per_token_values_train_like_a_critic():
+    """Gradients of the masked per-token sum: d/dW = sum of real hidden states, d/db = count."""
+    from safedpo_jax.models import DecoderConfig
+
+    config = DecoderConfig(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, architectures=("LlamaForScore",), score_bias=True,
+        score_type="critic",
+    )  # fmt: skip
+    model = ScoreModel(config, rngs=nnx.Rngs(0))
+    ids, mask = batches(vocab=64)["left"]
+
+    @nnx.jit
+    def loss_and_grads(model):
+        return nnx.value_and_grad(lambda m: m(ids, mask, per_token=True).sum())(model)
+
+    loss, grads = loss_and_grads(model)
+    real = mask.astype(bool)
+    hidden = np.asarray(model.model(ids, mask, None)[0])
+    np.testing.assert_allclose(
+        np.asarray(grads.score_head[...])[:, 0], hidden[real].sum(0), rtol=1e-5, atol=1e-5
+    )
+    np.testing.assert_allclose(np.asarray(grads.score_bias[...]), [real.sum()], rtol=0)
+    assert np.isfinite(float(loss))
+    for path, value in nnx.to_flat_state(nnx.state(grads, nnx.Param)):
+        assert np.all(np.isfinite(np.asarray(value.get_value()))), path
