@@ -85,6 +85,7 @@ MEASURED = {
 GENERATION_BANDWIDTH_EFFICIENCY = 0.5
 TRAIN_ROWS = 26_900  # PKU-SafeRLHF-30K train split, about
 TEST_PROMPTS = 3_000  # its test split, about
+PROMPT_TOKENS = 128  # a typical PKU-SafeRLHF prompt in the safe-rlhf template, about
 SCORE_MODEL_PARAMS = 6.74e9  # beaver-7b-unified-reward / -cost: LLaMA-7B score models
 BYTES_PER_GIB = 2**30
 BASIS = (
@@ -219,12 +220,18 @@ def train_estimate(
     """Steps, FLOPs, time and per-device memory of one training run on ``pod``."""
     shape = Shape.from_hf(hf)
     data, fsdp, tensor = _mesh(fields, pod.chips)
-    sft = fields.get("objective", "preference") == "sft"
-    in_step = not sft and fields.get("reference", "in_step") == "in_step"
+    objective = fields.get("objective", "preference")
+    sft = objective == "sft"
+    # Score models (reward, cost) train a head on the decoder without a reference; KTO has
+    # two examples per row, each a sequence and its mismatched KL sequence.
+    uses_reference = objective in ("preference", "kto", "bfpo")
+    in_step = uses_reference and fields.get("reference", "in_step") == "in_step"
     seq_len = fields.get("max_length", 512)
     batch = fields.get("batch_size", 128)
     micro = fields.get("micro_batches", 1)
     seqs_per_example = 1 if sft else 2
+    if objective == "kto":
+        examples *= 2
     steps = fields.get("epochs", 2) * math.ceil(examples / batch)
 
     tokens = batch * seqs_per_example * seq_len
@@ -255,6 +262,58 @@ def train_estimate(
         "memory_gib": memory / BYTES_PER_GIB,
         "states_gib": states / shards / BYTES_PER_GIB,
         "activations_gib": (gathered + acts + logits) / BYTES_PER_GIB,
+    }
+
+
+def ppo_estimate(hf: Mapping[str, Any], fields: Mapping[str, Any], pod: Pod) -> dict[str, float]:
+    """PPO-Lagrangian (SafeRLHF) on ``pod``: rollouts, experience and updates per step.
+
+    Per step of ``prompt_batch_size`` prompts (one epoch over ``TRAIN_ROWS`` prompts, one
+    update iteration, safe-rlhf's ppo-lag.sh): generation of ``max_length - PROMPT_TOKENS``
+    new tokens, data-parallel from a gathered bf16 copy of the actor on every chip (one
+    all-gather per rollout, not counted; decoding from FSDP shards would all-gather the
+    weights at every token instead), bandwidth-bound: every decode step reads the whole
+    copy from one chip's HBM; experience: forwards of the actor, the reference, both critics and
+    both score models over the full sequences (6 forwards); updates: the actor and both
+    critics, forward and backward (9 forwards). The reward/cost models and critics are
+    taken as the actor's size (7B score models for a 7B actor, as in the paper).
+    Memory per chip: actor and two critics with float32 master weights, gradients and Adam
+    moments (16 bytes a parameter each), reference and both score models in bf16 (2 bytes),
+    sharded over the chips, plus the larger of the gathered bf16 generation copy (2 bytes a
+    parameter, not sharded; rollouts only) and the activations of the updates (as for a
+    training step of the same tokens).
+    """
+    shape = Shape.from_hf(hf)
+    data, fsdp, tensor = _mesh(fields, pod.chips)
+    prompts = fields.get("prompt_batch_size", 16)
+    seq_len = fields.get("max_length", 512)
+    new_tokens = fields.get("max_new_tokens") or seq_len - PROMPT_TOKENS
+    steps = fields.get("epochs", 1) * math.ceil(TRAIN_ROWS / prompts)
+    tokens = prompts * seq_len
+    fwd = shape.forward_flops_per_token(seq_len) * tokens
+    model_flops = (6 + 9) * fwd
+    compute_s = model_flops / (pod.chips * pod.accelerator.flops)
+    bandwidth = pod.accelerator.hbm_gbps * 1e9 * GENERATION_BANDWIDTH_EFFICIENCY
+    generate_s = new_tokens * 2 * shape.params / bandwidth
+    step_s = compute_s + generate_s
+    p, shards = shape.params, fsdp * tensor
+    states = 3 * 16 * p + 3 * 2 * p
+    seqs = prompts // (data * fsdp)
+    work = shape.working_set_bytes_per_token(seq_len) * seqs * seq_len / tensor
+    acts = shape.layers * seqs * seq_len * shape.hidden * 2 + work
+    logits = seqs * seq_len * shape.vocab * 4 * 3 / tensor
+    # The generation copy lives during rollouts only; activations during updates only.
+    memory = states / shards + max(2 * p, 2 * shape.layer_params * 2 + acts + logits)
+    return {
+        "steps": steps,
+        "tokens_per_step": tokens,
+        "model_tflop_per_step": model_flops / 1e12,
+        "generate_s": generate_s,
+        "step_s": step_s,
+        "hours": steps * step_s / 3600,
+        "memory_gib": memory / BYTES_PER_GIB,
+        "states_gib": states / shards / BYTES_PER_GIB,
+        "activations_gib": (acts + logits) / BYTES_PER_GIB,
     }
 
 
@@ -297,7 +356,12 @@ def config_estimates(config: Mapping[str, Any]) -> dict[str, Any]:
             per_row = 2 if fields.get("sft_responses", "both") == "both" else 1
             stages["sft"] = train_estimate(hf, fields, pod, TRAIN_ROWS * per_row)
         for name, run in runs.items():
-            stages[name] = train_estimate(hf, {**config["common"], **run}, pod, TRAIN_ROWS)
+            kind = run.get("stage", "train")
+            if kind == "ppo":
+                stages[name] = ppo_estimate(hf, run, pod)
+            elif kind == "train":
+                stages[name] = train_estimate(hf, {**config["common"], **run}, pod, TRAIN_ROWS)
+            # "merge": a streaming pass over two checkpoints, minutes of I/O; not counted
         if config.get("evaluate"):
             stages["evaluate"] = evaluate_estimate(
                 hf, config["evaluate"], pod, len(config["evaluate"]["runs"])
@@ -309,6 +373,7 @@ def config_estimates(config: Mapping[str, Any]) -> dict[str, Any]:
             "hbm_gib_per_chip": round(pod.accelerator.hbm_gib, 1),
             "peak_memory_gib_per_chip": round(max(s["memory_gib"] for s in train), 1),
             "step_s": {k: round(s["step_s"], 2) for k, s in stages.items() if "step_s" in s},
+            "stage_hours": {k: round(s["hours"], 2) for k, s in stages.items()},
             "train_hours": round(sum(s["hours"] for s in train), 2),
             "evaluate_hours": round(stages.get("evaluate", {}).get("hours", 0.0), 2),
         }
@@ -346,7 +411,7 @@ def markdown_table() -> str:
         config = json.loads(path.read_text())
         expect = config_estimates(config)
         params = Shape.from_hf(archs[config["architecture"]]).params
-        main = next(iter(config["runs"]))
+        main = next(n for n, r in config["runs"].items() if r.get("stage", "train") == "train")
         for pod_name in config["pods"]:
             e = expect[pod_name]
             lines.append(

@@ -77,18 +77,30 @@ SWITCH_KEYS = (
 )
 
 
+# The command each kind of stage runs. A run of ``runs`` is a trainer run unless it names
+# another ``stage``: "merge" (P-SACPO's weight merge of two earlier runs' exports) or "ppo"
+# (SafeRLHF's PPO-Lagrangian, which takes its own flags, not ``common``).
+MODULES = {
+    "sft": "safedpo_jax.train",
+    "train": "safedpo_jax.train",
+    "merge": "safedpo_jax.models.merge",
+    "ppo": "safedpo_jax.train.ppo",
+    "evaluate": "safedpo_jax.evaluate",
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class Stage:
-    """One step of a config: a trainer or an evaluation command and where it writes."""
+    """One step of a config: a trainer, merge or evaluation command and where it writes."""
 
     name: str
-    kind: str  # "sft", "train" or "evaluate"
+    kind: str  # "sft", "train", "merge", "ppo" or "evaluate"
     argv: tuple[str, ...]  # arguments after ``python -m MODULE``
     output_dir: Path
 
     @property
     def module(self) -> str:
-        return "safedpo_jax.evaluate" if self.kind == "evaluate" else "safedpo_jax.train"
+        return MODULES[self.kind]
 
     @property
     def done(self) -> bool:
@@ -145,7 +157,9 @@ def stage_fields(config: Mapping[str, Any], group_dir: Path) -> dict[str, dict[s
     if config.get("sft"):
         out["sft"] = {**config["common"], **config["sft"]}
     for name, run in config["runs"].items():
-        out[name] = {**config["common"], **run}
+        out[name] = (
+            dict(run) if run.get("stage", "train") != "train" else {**config["common"], **run}
+        )
     return {
         name: {**_substitute(fields, group_dir), "output_dir": str(group_dir / name)}
         for name, fields in out.items()
@@ -164,11 +178,19 @@ def plan(
     group_dir = Path(runs_dir) / config["group"]
     out = []
     for name, fields in stage_fields(config, group_dir).items():
-        kind = "sft" if name == "sft" else "train"
-        if kind not in stages or (only and name not in only and kind != "sft"):
+        kind = "sft" if name == "sft" else fields.pop("stage", "train")
+        selected = "sft" if kind == "sft" else "train"  # --stages train selects every run
+        if selected not in stages or (only and name not in only and kind != "sft"):
             continue
-        argv = ("--preset", "paper", *field_flags(fields), *extra)
-        out.append(Stage(name, kind, argv, Path(fields["output_dir"])))
+        output_dir = Path(fields["output_dir"])
+        if kind == "merge":
+            argv = (fields["a"], fields["b"], "--q", str(fields["q"]), "--output")
+            argv += (str(output_dir / "hf"),)
+        elif kind == "ppo":
+            argv = ("--preset", "ppo-lag", *field_flags(fields), *extra)
+        else:
+            argv = ("--preset", "paper", *field_flags(fields), *extra)
+        out.append(Stage(name, kind, argv, output_dir))
     evaluate = config.get("evaluate")
     if "evaluate" in stages and evaluate:
         names = list(evaluate["runs"])
@@ -267,7 +289,7 @@ def dry_run_overrides(
         "log_every": 1,
         "save_every": 1000,
         "eval_batches": 1,
-        "export": stage.kind == "sft",
+        "export": stage.kind == "sft" or _read_by_later_stage(config, stage, work_dir),
         "distributed": False,
         "mesh_data": data,
         "mesh_fsdp": fsdp,
@@ -281,6 +303,15 @@ def dry_run_overrides(
         path.write_text(json.dumps(tiny_architecture(hf), indent=2))
         overrides.update(model=None, ref_model=None, model_config=str(path))
     return field_flags(overrides)
+
+
+def _read_by_later_stage(config: Mapping[str, Any], stage: Stage, work_dir: Path) -> bool:
+    """Whether a later stage loads this stage's export (SACPO's stage 2, a merge, PPO)."""
+    export = str(work_dir / config["group"] / stage.name / "hf")
+    later = plan(config, work_dir)
+    names = [s.name for s in later]
+    after = later[names.index(stage.name) + 1 :] if stage.name in names else []
+    return any(export in arg for s in after if s.kind != "evaluate" for arg in s.argv)
 
 
 def dry_run(config: Mapping[str, Any], work_dir: str | Path | None = None) -> list[dict[str, Any]]:
@@ -299,6 +330,17 @@ def dry_run(config: Mapping[str, Any], work_dir: str | Path | None = None) -> li
     for stage in plan(config, work_dir):
         if stage.kind == "evaluate":
             results.append({"stage": stage.name, "parsed": _parse_evaluate(stage.argv)})
+            continue
+        if stage.kind == "merge":
+            from safedpo_jax.models.merge import main as merge_main
+
+            if merge_main(list(stage.argv)) != 0:
+                raise RuntimeError(f"dry run {config['name']}/{stage.name}: the merge failed")
+            results.append({"stage": stage.name, "merged": str(stage.output_dir / "hf")})
+            print(f"dry run {config['name']}/{stage.name}: merged", flush=True)
+            continue
+        if stage.kind == "ppo":
+            results.append(_dry_run_ppo(config, stage, work_dir))
             continue
         flags = dry_run_overrides(config, stage, fields_of[stage.name], work_dir)
         train_config, _ = parse_args([*stage.argv, *flags])

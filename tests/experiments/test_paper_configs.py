@@ -119,17 +119,72 @@ def test_every_stage_round_trips_through_the_trainer_command_line(name, tmp_path
     for stage in stages:
         if stage.kind == "evaluate":
             continue
+        fields = dict(fields_of[stage.name])
+        fields.pop("stage", None)
+        if stage.kind == "merge":
+            from safedpo_jax.models.merge import _parse
+
+            args = _parse(list(stage.argv))
+            assert (args.a, args.b, args.q) == (fields["a"], fields["b"], fields["q"])
+            assert args.output == str(stage.output_dir / "hf")
+            continue
+        if stage.kind == "ppo":
+            from safedpo_jax.train.ppo import config_from_args
+
+            ppo_config = config_from_args(list(stage.argv))
+            for key, value in fields.items():
+                assert getattr(ppo_config, key) == value, (name, stage.name, key)
+            continue
         train_config, _ = parse_args(list(stage.argv))
-        for key, value in fields_of[stage.name].items():
+        for key, value in fields.items():
             assert getattr(train_config, key) == value, (name, stage.name, key)
-        # The paper's hyperparameters (safedpo.md §6) on every preference run.
-        if stage.kind == "train":
+        # The paper's hyperparameters (safedpo.md §6) on every preference run of the
+        # paper's own configs (the baselines config carries each method's own recipe).
+        if stage.kind == "train" and name != "alpaca7b_baselines":
             assert (train_config.beta, train_config.learning_rate) == (0.1, 1e-6)
             assert (train_config.warmup_ratio, train_config.weight_decay) == (0.03, 0.05)
             assert (train_config.adam_b1, train_config.adam_b2) == (0.9, 0.95)
             assert (train_config.max_length, train_config.epochs) == (512, 2)
             assert (train_config.batch_size, train_config.dtype) == (128, "bfloat16")
             assert train_config.dataset == "PKU-Alignment/PKU-SafeRLHF-30K"
+
+
+def test_the_baselines_chain_their_stages_through_exports(tmp_path):
+    """SACPO's stage 2 starts from and is referenced to stage 1's export (no --ref-model, so
+    the reference is the model it starts from); P-SACPO merges stage 1 with SACPO; the PPO
+    run reads the reward and cost models trained before it."""
+    config = run.load_config("alpaca7b_baselines")
+    stages = {s.name: s for s in run.plan(config, tmp_path)}
+    group = tmp_path / config["group"]
+    names = list(stages)
+    for beta in ("0.1", "0.05", "0.025", "0.01"):
+        stage2, _ = parse_args(list(stages[f"sacpo_dpo_b{beta}"].argv))
+        assert stage2.model == str(group / "sacpo_helpful" / "hf")
+        assert stage2.reference_model == stage2.model and stage2.pairs == "harmless"
+        assert stage2.beta == float(beta)
+        assert names.index("sacpo_helpful") < names.index(f"sacpo_dpo_b{beta}")
+    kto, _ = parse_args(list(stages["sacpo_kto_b0.01"].argv))
+    assert (kto.objective, kto.beta, kto.reference_model) == (
+        "kto",
+        0.01,
+        str(group / "sacpo_helpful" / "hf"),
+    )
+    for q in ("0.25", "0.5", "0.75"):
+        merge = stages[f"p_sacpo_q{q}"]
+        assert merge.kind == "merge" and merge.argv[:2] == (
+            str(group / "sacpo_helpful" / "hf"),
+            str(group / "sacpo_dpo_b0.01" / "hf"),
+        )
+        assert names.index("sacpo_dpo_b0.01") < names.index(f"p_sacpo_q{q}")
+    ppo = stages["saferlhf_ppo"]
+    assert ppo.kind == "ppo" and ppo.module == "safedpo_jax.train.ppo"
+    assert str(group / "reward_model" / "hf") in ppo.argv
+    assert str(group / "cost_model" / "hf") in ppo.argv
+    assert names.index("cost_model") < names.index("saferlhf_ppo")
+    for score in ("reward_model", "cost_model"):
+        score_config, _ = parse_args(list(stages[score].argv))
+        assert score_config.objective == score.split("_")[0]
+        assert (score_config.learning_rate, score_config.weight_decay) == (2e-5, 0.1)
 
 
 def test_the_paper_runs_are_all_there():
