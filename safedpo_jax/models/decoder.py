@@ -580,15 +580,22 @@ class ScoreModel(_Base):
         self.normalizer_var = buffer("normalizer_var", ("score",))
         self.normalizer_count = buffer("normalizer_count", (None,))
 
-    def __call__(self, input_ids: Array, attention_mask: Array | None = None) -> Array:
+    def __call__(
+        self, input_ids: Array, attention_mask: Array | None = None, *, per_token: bool = False
+    ) -> Array:
+        """End scores ``[B]`` (``[B, C]``); ``per_token=True``: the head at every position,
+        float32 ``[B, T]`` (``[B, T, C]``), as safe-rlhf's ``scores`` (critics' values)."""
         b, t = input_ids.shape
         mask_bt = jnp.ones((b, t), bool) if attention_mask is None else attention_mask.astype(bool)
         with _precision(self.precision):
             hidden_btd, _ = self.model(input_ids, mask_bt, None)
-            end_b = jnp.argmax(jnp.where(mask_bt, jnp.arange(t), -1), axis=1)
-            end_bd = jnp.take_along_axis(hidden_btd, end_b[:, None, None], axis=1)[:, 0]
+            if per_token:
+                end_bd = hidden_btd  # every position: "bd" below reads as "btd"
+            else:
+                end_b = jnp.argmax(jnp.where(mask_bt, jnp.arange(t), -1), axis=1)
+                end_bd = jnp.take_along_axis(hidden_btd, end_b[:, None, None], axis=1)[:, 0]
             score_bc = jnp.einsum(
-                "bd,dc->bc",
+                "...d,dc->...c",
                 end_bd,
                 self.score_head[...].astype(self.dtype),
                 preferred_element_type=jnp.float32,
@@ -603,7 +610,7 @@ class ScoreModel(_Base):
                 score_bc = (score_bc - mean_c) / (std_c + 1e-8)
             elif fn == "scale":
                 score_bc = score_bc / (std_c + 1e-8)
-        return score_bc[:, 0] if self.config.score_dim == 1 else score_bc
+        return score_bc[..., 0] if self.config.score_dim == 1 else score_bc
 
 
 def model_class(config: DecoderConfig) -> type[CausalLM] | type[ScoreModel]:
