@@ -225,7 +225,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 def preset(name: str, **overrides: Any) -> PPOConfig:
     """A `PPOConfig` from a preset (``"ppo-lag"`` or ``"tiny"``) with field overrides.
 
-    >>> preset("tiny", max_steps=2).max_steps, preset("ppo-lag").kl_coeff
+    >>> preset("tiny", max_steps=2).max_steps, preset("ppo-lag", actor="sft-model").kl_coeff
     (2, 0.01)
     """
     if name not in PRESETS:
