@@ -17,7 +17,9 @@ from flax import nnx
 
 from safedpo_jax import models
 from safedpo_jax.train.ppo import (
+    NonFiniteError,
     PPOConfig,
+    PPOResult,
     config_from_args,
     load_prompts,
     preset,
@@ -45,9 +47,19 @@ def _params(state: object) -> list[np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    root = tmp_path_factory.mktemp("ppo")
-    one = train_ppo(_config(root / "one", mesh_fsdp=1))
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("ppo")
+
+
+@pytest.fixture(scope="module")
+def one(root: Path) -> PPOResult:
+    """Three steps on one device."""
+    return train_ppo(_config(root / "one", mesh_fsdp=1))
+
+
+@pytest.fixture(scope="module")
+def runs(root: Path, one: PPOResult) -> dict[str, PPOResult]:
+    """``one``, the same run stopped after two steps and resumed, and on eight devices."""
     first = train_ppo(_config(root / "resumed", mesh_fsdp=1, export=False), stop_after=2)
     resumed = train_ppo(_config(root / "resumed", mesh_fsdp=1, export=False))
     eight = train_ppo(_config(root / "eight", mesh_fsdp=8, export=False))
@@ -55,8 +67,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
 
 
 @pytest.mark.slow
-def test_tiny_run_logs_and_wires_the_multiplier(runs: dict) -> None:
-    result = runs["one"]
+def test_tiny_run_logs_and_wires_the_multiplier(one: PPOResult) -> None:
+    result = one
     lines = (result.output_dir / "metrics.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
     assert [r["step"] for r in records] == [1, 2, 3]
@@ -86,8 +98,8 @@ def test_tiny_run_logs_and_wires_the_multiplier(runs: dict) -> None:
 
 
 @pytest.mark.slow
-def test_export_is_the_trained_actor(runs: dict) -> None:
-    result = runs["one"]
+def test_export_is_the_trained_actor(one: PPOResult) -> None:
+    result = one
     exported = models.from_pretrained(result.export_dir)
     _, params, _ = nnx.split(exported, nnx.Param, ...)
     for a, b in zip(_params(params), _params(result.state.actor.params), strict=True):
@@ -126,6 +138,14 @@ def test_eight_devices_equal_one(runs: dict) -> None:
         _params(eight.state.actor.params), _params(one.state.actor.params), strict=True
     ):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_non_finite_update_stops_the_run(root: Path) -> None:
+    # AdamW moves every weight by about lr: 1e30 overflows the next forward pass
+    config = _config(root / "blowup", mesh_fsdp=1, actor_lr=1e30, actor_warmup_ratio=0.0)
+    with pytest.raises(NonFiniteError, match="step 2: a loss or gradient is not finite"):
+        train_ppo(config)
 
 
 def test_config_presets_flags_and_errors() -> None:
