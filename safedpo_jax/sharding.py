@@ -189,3 +189,14 @@ def batch_shards(mesh: Any) -> int:
         return 1
     axes = dict(LOGICAL_AXIS_RULES)["batch"]
     return math.prod(size for name, size in mesh.shape.items() if name in axes)
+
+
+def to_global(local: np.ndarray, mesh: Mesh) -> jax.Array:
+    """A global array from this process's rows of the batch (split over ``("data","fsdp")``).
+
+    On one process this is a sharded `device_put`; on several, each process contributes
+    its own consecutive block of rows (`jax.make_array_from_process_local_data`).
+    """
+    spec = batch_sharding(mesh, local.ndim)
+    global_shape = (local.shape[0] * jax.process_count(), *local.shape[1:])
+    return jax.make_array_from_process_local_data(spec, local, global_shape)

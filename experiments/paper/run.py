@@ -361,6 +361,38 @@ def dry_run(config: Mapping[str, Any], work_dir: str | Path | None = None) -> li
     return results
 
 
+def _dry_run_ppo(config: Mapping[str, Any], stage: Stage, work_dir: Path) -> dict[str, Any]:
+    """The PPO stage at tiny scale: a random actor of the config's family, the sample's
+    prompts, the dry run's own reward and cost models (exported by their stages), 2 steps."""
+    from safedpo_jax.train.ppo import config_from_args, train_ppo
+
+    ppo = config_from_args(list(stage.argv))
+    data, fsdp, tensor = scaled_mesh(
+        {"mesh_data": ppo.mesh_data, "mesh_fsdp": ppo.mesh_fsdp, "mesh_tensor": ppo.mesh_tensor},
+        Pod.parse(config["pods"][0]).chips,
+    )
+    overrides: dict[str, Any] = {
+        "dataset": "sample",
+        "split": "train",
+        "tokenizer": None,
+        "max_length": DRY_RUN_LENGTH,
+        "max_new_tokens": 8,
+        "prompt_batch_size": data * fsdp,
+        "max_steps": DRY_RUN_STEPS,
+        "save_every": 1000,
+        "export": False,
+        "mesh_data": data,
+        "mesh_fsdp": fsdp,
+        "mesh_tensor": tensor,
+    }
+    if ppo.actor is None or not Path(ppo.actor).exists():  # a Hub id: a tiny random stand-in
+        hf = json.loads(ARCHITECTURES_FILE.read_text())[config["architecture"]]
+        overrides.update(actor=None, model_config=tiny_architecture(hf))
+    result = train_ppo(dataclasses.replace(ppo, **overrides))
+    print(f"dry run {config['name']}/{stage.name}: {result.step} PPO-Lagrangian steps", flush=True)
+    return {"stage": stage.name, "step": result.step}
+
+
 # Fields that leave the dry run's model program as it is: constants of the step (delta,
 # learning rate, ...), paths, and ``pairs``, which picks the pairs and the loss kernel's
 # safe or plain branch (both branches are compiled by the trainer's own tests).

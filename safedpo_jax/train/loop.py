@@ -199,6 +199,7 @@ def _evaluate(run: Run, eval_fn: Any, params: Any) -> dict[str, float]:
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
+
     def batches() -> Any:
         for i, host in enumerate(host_batches()):
             if config.eval_batches is not None and i >= config.eval_batches:

@@ -628,7 +628,7 @@ def train_ppo(
         raise ValueError(
             f"{len(prompts)} prompts are fewer than prompt_batch_size={config.prompt_batch_size}"
         )
-    shards = math.prod(mesh.shape[a] for a in ("data", "fsdp"))
+    shards = sharding.batch_shards(mesh)
     if config.prompt_batch_size % shards:
         raise ValueError(
             f"prompt_batch_size {config.prompt_batch_size} is not a multiple of the mesh's "
@@ -724,7 +724,7 @@ def train_ppo(
             json.dumps(dataclasses.asdict(config), indent=2, default=str)
         )
 
-    put_batch = lambda x: steps.to_global(np.asarray(x), mesh)  # noqa: E731
+    put_batch = lambda x: sharding.to_global(np.asarray(x), mesh)  # noqa: E731
     history: list[dict[str, float]] = []
     metrics: dict[str, float] = {}
     step, saved = start, start
@@ -865,7 +865,7 @@ def _as_global(scores: Any, mesh: Mesh) -> Array:
     scores = np.asarray(scores, np.float32)
     local = len(scores) // jax.process_count()
     mine = scores[jax.process_index() * local : (jax.process_index() + 1) * local]
-    return steps.to_global(mine, mesh)
+    return sharding.to_global(mine, mesh)
 
 
 # --------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import get_args
 
 from safedpo_jax.losses import LinkName
+from safedpo_jax.sharding import to_global
 from safedpo_jax.train.config import ObjectiveName, TrainConfig
 from safedpo_jax.train.objectives import preference, score, sft, unpaired
 from safedpo_jax.train.objectives.base import (
@@ -33,7 +34,6 @@ from safedpo_jax.train.objectives.base import (
     StepBatch,
     pair_step_batch,
     sft_step_batch,
-    to_global,
 )
 from safedpo_jax.train.objectives.preference import BFPOObjective, PreferenceObjective
 from safedpo_jax.train.objectives.score import ScoreObjective

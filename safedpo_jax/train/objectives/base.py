@@ -54,20 +54,9 @@ class SFTStepBatch:
     valid: Array
 
 
-def to_global(local: np.ndarray, mesh: Mesh) -> Array:
-    """A global array from this process's rows of the batch (split over ``("data","fsdp")``).
-
-    On one process this is a sharded `device_put`; on several, each process contributes
-    its own consecutive block of rows (`jax.make_array_from_process_local_data`).
-    """
-    spec = sharding.batch_sharding(mesh, local.ndim)
-    global_shape = (local.shape[0] * jax.process_count(), *local.shape[1:])
-    return jax.make_array_from_process_local_data(spec, local, global_shape)
-
-
 def pair_step_batch(batch: PairBatch, mesh: Mesh, ref_logps: np.ndarray | None = None) -> StepBatch:
     """Places a host `PairBatch` (this process's rows) on the mesh as a global `StepBatch`."""
-    put = functools.partial(to_global, mesh=mesh)
+    put = functools.partial(sharding.to_global, mesh=mesh)
     return StepBatch(
         input_ids=put(batch.input_ids.astype(np.int32)),
         attention_mask=put(batch.attention_mask.astype(np.int32)),
@@ -80,7 +69,7 @@ def pair_step_batch(batch: PairBatch, mesh: Mesh, ref_logps: np.ndarray | None =
 
 def sft_step_batch(batch: SFTBatch, mesh: Mesh) -> SFTStepBatch:
     """Places a host `SFTBatch` on the mesh."""
-    put = functools.partial(to_global, mesh=mesh)
+    put = functools.partial(sharding.to_global, mesh=mesh)
     return SFTStepBatch(
         input_ids=put(batch.input_ids.astype(np.int32)),
         attention_mask=put(batch.attention_mask.astype(np.int32)),
