@@ -3,7 +3,13 @@
 Sources (`load_rows`):
 
 - ``"sample"``: the embedded synthetic sample (`SAMPLE_DIR`, see `safedpo_jax.data.synthetic`).
-- a local file (``.jsonl``, ``.json``, ``.parquet``, ``.arrow``): that file is the split.
+- a local file (``.jsonl``, ``.json``, ``.parquet``, ``.arrow``): the training split
+  (``split="train"``), or the split its name names (``test.jsonl``, ``test-00000.parquet``,
+  ``test/x.jsonl`` for ``split="test"``). Any other split raises `MissingSplitError`: one
+  training file never poses as a held-out split (the trainer then runs without held-out
+  evaluation and says so). JSON files are read with `json` (values exactly as written;
+  a broken line is named by its number); parquet/arrow columns must have the right arrow
+  type (text, boolean, integer), never cast.
 - a local directory: a `datasets.Dataset.save_to_disk` directory, or the data files whose
   name is the split (``train.jsonl``, ``train-00000-of-00002.parquet``, ``train/*.arrow``)
   anywhere below it; with ``config``, only below a sub-directory named like the config
@@ -34,6 +40,7 @@ stripping whitespace) are always dropped and counted (``identical_responses``).
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -45,6 +52,7 @@ import numpy as np
 
 __all__ = [
     "DataError",
+    "MissingSplitError",
     "PreferenceRow",
     "RawRows",
     "RawTable",
@@ -75,6 +83,10 @@ OnError = Literal["raise", "drop"]
 
 class DataError(ValueError):
     """Input data that cannot be used; the message names the file, row and column."""
+
+
+class MissingSplitError(DataError):
+    """The source has no such split (e.g. a held-out split asked of one training file)."""
 
 
 @dataclass(frozen=True)
@@ -144,6 +156,12 @@ def load_rows(
     name = str(source)
     path = SAMPLE_DIR if name == SAMPLE else Path(name).expanduser()
     if path.is_file():
+        if not _file_serves_split(path, split):
+            raise MissingSplitError(
+                f"{path}: a single file is the training split; it has no {split!r} split "
+                f"(name the file {split}.{path.suffix.lstrip('.')}, give a directory holding "
+                f"{split}.* files, or evaluate without a held-out split)"
+            )
         tables = (_read_file(path, cache),)
     elif path.is_dir():
         tables = _read_directory(path, split, config, cache)
@@ -161,9 +179,89 @@ def load_rows(
     return RawRows(name, split, tables)
 
 
+def _split_pattern(split: str) -> re.Pattern[str]:
+    return re.compile(rf"{re.escape(split)}([-_.].*)?")
+
+
+def _file_serves_split(path: Path, split: str) -> bool:
+    """A single file is split ``"train"``, or the split its name (or folder) names."""
+    return (
+        split == "train"
+        or bool(_split_pattern(split).fullmatch(path.stem))
+        or (path.parent.name == split)
+    )
+
+
+def _arrow_kind(column: str) -> str:
+    if column in TEXT_COLUMNS:
+        return "text"
+    if column in SAFE_COLUMNS:
+        return "boolean"
+    return "integer"
+
+
+def _check_arrow_types(label: str, schema: Any) -> None:
+    """`DataError` naming the first schema column whose arrow type is not what it must be.
+
+    Checked before any value is read, so that pyarrow never casts ``"1"`` to 1 or
+    ``"false"`` to False behind the row validation's back.
+    """
+    import pyarrow as pa
+
+    checks = {
+        "text": lambda t: pa.types.is_string(t) or pa.types.is_large_string(t),
+        "boolean": pa.types.is_boolean,
+        "integer": pa.types.is_integer,
+    }
+    for field in schema:
+        if field.name not in SCHEMA_COLUMNS or pa.types.is_null(field.type):
+            continue  # an all-null column: the row checks name every row
+        kind = _arrow_kind(field.name)
+        if not checks[kind](field.type):
+            raise DataError(
+                f"{label}: column {field.name!r} has type {field.type}, expected {kind} "
+                "values (fix the file; values are not converted)"
+            )
+
+
 def _table(label: str, ds: Any) -> RawTable:
     present = [c for c in SCHEMA_COLUMNS if c in ds.column_names]
+    _check_arrow_types(label, ds.data.schema)
     return RawTable(label, ds.select_columns(present).to_dict(), ds.num_rows)
+
+
+def _read_json_records(path: Path) -> list[Any]:
+    """The records of a .jsonl (one object per line) or .json (a list of objects) file."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        records = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append((number, json.loads(line)))
+            except json.JSONDecodeError as exc:
+                raise DataError(
+                    f"{path}: line {number}: invalid JSON ({exc.msg} at column {exc.colno})"
+                ) from None
+        where = "line"
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(
+                f"{path}: invalid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"
+            ) from None
+        if not isinstance(data, list):
+            raise DataError(f"{path}: expected a JSON list of objects, got {type(data).__name__}")
+        records = list(enumerate(data))
+        where = "item"
+    for number, r in records:
+        if not isinstance(r, dict):
+            raise DataError(
+                f"{path}: {where} {number}: expected a JSON object, got {type(r).__name__}"
+            )
+    return [r for _, r in records]
 
 
 def _read_file(path: Path, cache: str | None) -> RawTable:
@@ -172,6 +270,11 @@ def _read_file(path: Path, cache: str | None) -> RawTable:
     builder = DATA_EXTENSIONS.get(path.suffix)
     if builder is None:
         raise DataError(f"{path}: unsupported file type; use one of {sorted(DATA_EXTENSIONS)}")
+    if builder == "json":  # values exactly as written, no arrow casting
+        records = _read_json_records(path)
+        present = [c for c in SCHEMA_COLUMNS if any(c in r for r in records)]
+        columns = {c: [r.get(c) for r in records] for c in present}
+        return RawTable(str(path), columns, len(records))
     try:
         ds = datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=cache)
     except Exception as exc:  # any failure becomes one clear message
@@ -198,7 +301,7 @@ def _read_directory(
         ]
         if not roots:
             raise DataError(f"{path}: no sub-directory for config {config!r}")
-    pattern = re.compile(rf"{re.escape(split)}([-_.].*)?")
+    pattern = _split_pattern(split)
     files = sorted(
         {
             f

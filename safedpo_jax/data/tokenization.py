@@ -14,7 +14,9 @@ any string holding ``{prompt}``
     formatted like ``"safe_rlhf"``.
 
 Sequences: ``ids = prompt_ids + response_ids + [eos_id]``. The prompt and the response
-are tokenised separately (the response without special tokens), so the response boundary
+are tokenised separately (the response without special tokens, and with special-token text
+such as ``"</s>"`` inside a response tokenised as plain text, so the only EOS token is the
+appended one), so the response boundary
 is exact: ``loss_mask`` covers exactly ``response_ids`` and the EOS, computed from lengths
 (so an EOS equal to the pad id stays inside the mask). safe-rlhf instead tokenises the
 joined string ``prompt + response + eos``; the two agree for word-level tokenizers and
@@ -25,6 +27,8 @@ Truncation to ``max_length`` keeps the start: the whole prompt, then as many res
 tokens as fit. A response that does not fit with its EOS is cut and gets NO EOS (counted
 as truncated). A pair whose prompt leaves no room for one response token is dropped
 (``prompt_too_long``). The tokenizer's pad id pads (its EOS id when it has no pad token).
+When more than 10% (`UNKNOWN_WARN_SHARE`) of the tokens are the tokenizer's unknown token,
+a UserWarning gives the share (the wrong tokenizer for the data, most likely).
 
 >>> tok = load_tokenizer("sample")
 >>> pair = Pair("how do i bake bread ?", "sure .", "it depends .", (False, False), row=0)
@@ -38,6 +42,7 @@ as truncated). A pair whose prompt leaves no room for one response token is drop
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,9 +134,29 @@ def encode_prompts(
 
 
 def _encode_responses(responses: Sequence[str], tokenizer: Tokenizer) -> list[list[int]]:
+    """Response ids; special-token TEXT in a response (e.g. ``"</s>"``) stays text."""
     if not responses:
         return []
-    return [list(ids) for ids in tokenizer(list(responses), add_special_tokens=False)["input_ids"]]
+    encoded = tokenizer(list(responses), add_special_tokens=False, split_special_tokens=True)
+    return [list(ids) for ids in encoded["input_ids"]]
+
+
+UNKNOWN_WARN_SHARE = 0.1
+
+
+def _warn_unknown(tokenizer: Tokenizer, sequences: Sequence[Sequence[int]], what: str) -> None:
+    """Warn when more than `UNKNOWN_WARN_SHARE` of the tokens are the unknown token."""
+    unk = tokenizer.unk_token_id
+    total = sum(len(ids) for ids in sequences)
+    if unk is None or not total:
+        return
+    share = sum(ids.count(unk) for ids in sequences) / total
+    if share > UNKNOWN_WARN_SHARE:
+        warnings.warn(
+            f"the tokenizer maps {share:.1%} of the {what} tokens to the unknown token "
+            f"{tokenizer.unk_token!r}; is it the tokenizer the data was written for?",
+            stacklevel=3,
+        )
 
 
 def _special_ids(tokenizer: Tokenizer) -> tuple[int, int]:
@@ -215,6 +240,7 @@ def tokenize_pairs(
     eos, pad = _special_ids(tokenizer)
     prompt_ids = encode_prompts([p.prompt for p in pairs], tokenizer, template=template)
     responses = _encode_responses([r for p in pairs for r in p.responses], tokenizer)
+    _warn_unknown(tokenizer, prompt_ids + responses, "prompt and response")
     kept, seqs, prompt_lengths, lengths = [], [], [], []
     truncated = truncated_responses = too_long = 0
     for k, (pair, prompt) in enumerate(zip(pairs, prompt_ids, strict=True)):
@@ -337,6 +363,7 @@ def tokenize_sft(
     eos, pad = _special_ids(tokenizer)
     prompt_ids = encode_prompts([e.prompt for e in examples], tokenizer, template=template)
     responses = _encode_responses([e.response for e in examples], tokenizer)
+    _warn_unknown(tokenizer, prompt_ids + responses, "prompt and response")
     kept, seqs, prompt_lengths = [], [], []
     truncated = too_long = 0
     for example, prompt, response in zip(examples, prompt_ids, responses, strict=True):
@@ -407,6 +434,7 @@ def tokenize_prompts(
     """
     _, pad = _special_ids(tokenizer)
     encoded = encode_prompts(prompts, tokenizer, template=template)
+    _warn_unknown(tokenizer, encoded, "prompt")
     longest = max((len(ids) for ids in encoded), default=1)
     limit = longest if max_length is None else max_length
     for i, ids in enumerate(encoded):

@@ -90,7 +90,7 @@ def test_missing_sources_raise(tmp_path):
     with pytest.raises(DataError, match="unsupported file type"):
         load_rows(tmp_path / "rows.csv")
     (tmp_path / "bad.jsonl").write_text('{"prompt": "x"\n')
-    with pytest.raises(DataError, match="bad.jsonl: cannot be read as json"):
+    with pytest.raises(DataError, match="bad.jsonl: line 1: invalid JSON"):
         load_rows(tmp_path / "bad.jsonl", cache_dir=tmp_path / "cache")
     with pytest.raises(DataError, match="unknown config"):
         load_rows("PKU-Alignment/PKU-SafeRLHF", config="gpt-4")
