@@ -29,6 +29,7 @@ from safedpo_jax import losses, models, sharding
 from safedpo_jax.data import (
     BatchIterator,
     DataSummary,
+    MissingSplitError,
     PairDataset,
     SFTDataset,
     load_preference_data,
@@ -170,7 +171,12 @@ def load_datasets(
         raise ValueError(f"no training examples left in {config.dataset}:{config.split}")
     if config.eval_split is None:
         return train_ds, train_summary, None, None
-    eval_ds, eval_summary = load(config.eval_split)
+    try:
+        eval_ds, eval_summary = load(config.eval_split)
+    except MissingSplitError as exc:  # one training file: never evaluate on its rows
+        if jax.process_index() == 0:
+            print(f"no held-out evaluation: {exc}", flush=True)
+        return train_ds, train_summary, None, None
     return train_ds, train_summary, eval_ds, eval_summary
 
 
