@@ -14,8 +14,10 @@ Sources (`load_rows`):
   name is the split (``train.jsonl``, ``train-00000-of-00002.parquet``, ``train/*.arrow``)
   anywhere below it; with ``config``, only below a sub-directory named like the config
   (case-insensitive, e.g. ``data/Alpaca-7B`` for ``alpaca-7b``).
-- anything else is a Hugging Face Hub name, read with ``datasets.load_dataset(name, config,
-  split=split)``: ``PKU-Alignment/PKU-SafeRLHF-30K`` or ``PKU-Alignment/PKU-SafeRLHF``
+- anything else is a Hugging Face Hub dataset id: its data files are fetched with
+  `huggingface_hub.snapshot_download` (``revision`` a branch, tag or commit; offline,
+  ``HF_HUB_OFFLINE=1``, from the Hub cache) and the snapshot is read like a local
+  directory: ``PKU-Alignment/PKU-SafeRLHF-30K`` or ``PKU-Alignment/PKU-SafeRLHF``
   (configs ``default``, ``alpaca-7b``, ``alpaca2-7b``, ``alpaca3-8b``).
 
 Schemas: the 30K columns ``prompt, response_0, response_1, is_response_0_safe,
@@ -144,13 +146,14 @@ def load_rows(
     split: str = "train",
     config: str | None = None,
     cache_dir: str | Path | None = None,
+    revision: str | None = None,
 ) -> RawRows:
     """Read the rows of ``split`` from ``source`` (see the module docstring for sources).
 
-    ``cache_dir`` is passed to `datasets` (default: its usual cache). Raises `DataError`
-    when nothing can be read.
+    ``cache_dir`` is passed to `datasets` for parquet/arrow files (default: its usual
+    cache); ``revision`` (branch, tag or commit) applies to Hub datasets. Raises
+    `DataError` when nothing can be read.
     """
-    import datasets
 
     cache = None if cache_dir is None else str(cache_dir)
     name = str(source)
@@ -170,13 +173,36 @@ def load_rows(
     else:
         if name in HUB_CONFIGS and config is not None and config not in HUB_CONFIGS[name]:
             raise DataError(f"{name}: unknown config {config!r}; one of {HUB_CONFIGS[name]}")
-        try:
-            ds = datasets.load_dataset(name, config, split=split, cache_dir=cache)
-        except Exception as exc:  # any failure becomes one clear message
-            raise DataError(f"{name}: cannot load split {split!r} from the Hub: {exc}") from exc
-        label = f"{name}[{config}]:{split}" if config else f"{name}:{split}"
-        tables = (_table(label, ds),)
+        tables = _read_directory(hub_dataset_dir(name, revision=revision), split, config, cache)
     return RawRows(name, split, tables)
+
+
+HUB_DATA_PATTERNS = [f"*{ext}" for ext in DATA_EXTENSIONS] + ["*dataset_dict.json", "*state.json"]
+
+
+def hub_dataset_dir(name: str, *, revision: str | None = None) -> Path:
+    """The local snapshot of Hub dataset ``name`` (its data files only).
+
+    `huggingface_hub.snapshot_download` with ``repo_type="dataset"``: downloads what is
+    missing, or, offline (``HF_HUB_OFFLINE=1``), reads the Hub cache (``HF_HUB_CACHE``).
+    Any failure is a one-line `DataError` naming the dataset and revision.
+    """
+    from huggingface_hub import snapshot_download
+
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", name):
+        raise DataError(f"{name}: no such file or directory, and not a Hub dataset id 'org/name'")
+    try:
+        local = snapshot_download(
+            name, repo_type="dataset", revision=revision, allow_patterns=HUB_DATA_PATTERNS
+        )
+    except Exception as exc:  # any Hub failure becomes one line
+        at = f" at revision {revision!r}" if revision else ""
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise DataError(
+            f"{name}: not a local path, and Hub dataset {name!r}{at} cannot be used: "
+            f"{type(exc).__name__}: {reason}"
+        ) from None
+    return Path(local)
 
 
 def _split_pattern(split: str) -> re.Pattern[str]:

@@ -42,6 +42,7 @@ a UserWarning gives the share (the wrong tokenizer for the data, most likely).
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -81,12 +82,43 @@ SAFE_RLHF_TEMPLATE = "BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT:"
 SFTResponses = Literal["both", "better", "safer", "safe"]
 
 
-def load_tokenizer(name_or_path: str | Path) -> Tokenizer:
-    """``transformers.AutoTokenizer.from_pretrained``; ``"sample"`` is the sample tokenizer."""
+def load_tokenizer(name_or_path: str | Path, *, revision: str | None = None) -> Tokenizer:
+    """``transformers.AutoTokenizer.from_pretrained``; ``"sample"`` is the sample tokenizer.
+
+    A local directory, or a Hub id ``org/name`` (``revision``: branch, tag or commit;
+    offline, ``HF_HUB_OFFLINE=1``, from the Hub cache). A missing path, a Hub id that
+    cannot be used and a directory without a tokenizer each raise ONE line naming it
+    (`FileNotFoundError`, or `ValueError` for a directory that holds no tokenizer).
+    """
     from transformers import AutoTokenizer
 
-    path = SAMPLE_TOKENIZER_DIR if str(name_or_path) == SAMPLE else name_or_path
-    return AutoTokenizer.from_pretrained(str(path))
+    text = str(name_or_path)
+    path = SAMPLE_TOKENIZER_DIR if text == SAMPLE else Path(text).expanduser()
+    if path.is_dir():
+        try:
+            return AutoTokenizer.from_pretrained(str(path))
+        except Exception as exc:  # one line instead of a transformers traceback
+            raise ValueError(f"{path}: cannot load a tokenizer from this directory: "
+                             f"{type(exc).__name__}: {_first_line(exc)}") from None  # fmt: skip
+    if path.exists():
+        raise ValueError(f"{path}: is a file; a tokenizer is a directory or a Hub id 'org/name'")
+    if text.startswith((".", "/", "~")) or not re.fullmatch(r"[\w.-]+/[\w.-]+", text):
+        raise FileNotFoundError(
+            f"tokenizer {text!r}: no such directory (and not a Hub id 'org/name')"
+        )
+    try:
+        return AutoTokenizer.from_pretrained(text, revision=revision)
+    except Exception as exc:  # no such repository, revision, or network
+        at = f" at revision {revision!r}" if revision else ""
+        raise FileNotFoundError(
+            f"tokenizer {text!r}: not a local directory, and Hub repository {text!r}{at} "
+            f"cannot be used: {type(exc).__name__}: {_first_line(exc)}"
+        ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else ""
 
 
 def format_prompt(
