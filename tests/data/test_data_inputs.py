@@ -130,6 +130,11 @@ def test_parquet_column_types_are_checked(tmp_path):
     pq.write_table(bad, tmp_path / "labels_as_text.parquet")
     with pytest.raises(DataError, match="column 'is_response_0_safe' has type string"):
         load_rows(tmp_path / "labels_as_text.parquet", cache_dir=tmp_path / "cache")
+    floats = good.column("safer_response_id").cast(pa.float64())
+    index = good.schema.get_field_index("safer_response_id")
+    pq.write_table(good.set_column(index, "safer_response_id", floats), tmp_path / "f.parquet")
+    with pytest.raises(DataError, match="column 'safer_response_id' has type double, expected"):
+        load_rows(tmp_path / "f.parquet", cache_dir=tmp_path / "cache")
 
 
 # ---------------------------------------------------------------------------------------
