@@ -198,3 +198,10 @@ def test_a_batch_larger_than_the_dataset_warns_with_the_padding(tokenizer):
     batch = next(it)
     assert int(np.sum(~batch.valid)) == 5
     BatchIterator(ds, batch_size=3, shuffle=False)  # no warning
+
+
+def test_the_data_command_reports_a_misspelled_tokenizer_in_one_line(tmp_path, capsys):
+    nope = tmp_path / "tokenizers" / "lama"
+    assert data_cli.main(["sample", "--split", "test", "--tokenizer", str(nope)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(nope) in err and "no such directory" in err
