@@ -17,8 +17,11 @@ Sources (`load_rows`):
 - anything else is a Hugging Face Hub dataset id: its data files are fetched with
   `huggingface_hub.snapshot_download` (``revision`` a branch, tag or commit; offline,
   ``HF_HUB_OFFLINE=1``, from the Hub cache) and the snapshot is read like a local
-  directory: ``PKU-Alignment/PKU-SafeRLHF-30K`` or ``PKU-Alignment/PKU-SafeRLHF``
-  (configs ``default``, ``alpaca-7b``, ``alpaca2-7b``, ``alpaca3-8b``).
+  directory (config ``default`` without a ``default`` folder: every file). A snapshot
+  without plain files for the split (e.g. compressed ones) falls back to
+  ``datasets.load_dataset(name, config, split=split, revision=revision)``.
+  ``PKU-Alignment/PKU-SafeRLHF-30K`` or ``PKU-Alignment/PKU-SafeRLHF`` (configs
+  ``default``, ``alpaca-7b``, ``alpaca2-7b``, ``alpaca3-8b``).
 
 Schemas: the 30K columns ``prompt, response_0, response_1, is_response_0_safe,
 is_response_1_safe, better_response_id, safer_response_id``, and the full v1 schema,
@@ -173,8 +176,34 @@ def load_rows(
     else:
         if name in HUB_CONFIGS and config is not None and config not in HUB_CONFIGS[name]:
             raise DataError(f"{name}: unknown config {config!r}; one of {HUB_CONFIGS[name]}")
-        tables = _read_directory(hub_dataset_dir(name, revision=revision), split, config, cache)
+        snapshot = hub_dataset_dir(name, revision=revision)
+        try:
+            tables = _read_directory(snapshot, split, config, cache)
+        except MissingSplitError as exc:  # a layout of its own (e.g. compressed files)
+            tables = (_load_hub_dataset(name, split, config, revision, cache, exc),)
     return RawRows(name, split, tables)
+
+
+def _load_hub_dataset(
+    name: str,
+    split: str,
+    config: str | None,
+    revision: str | None,
+    cache: str | None,
+    first: Exception,
+) -> RawTable:
+    """`datasets.load_dataset` for a Hub snapshot whose files the directory reader misses."""
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(name, config, split=split, revision=revision, cache_dir=cache)
+    except Exception as exc:  # any failure becomes one line
+        raise DataError(
+            f"{name}: cannot load split {split!r} ({first}; datasets.load_dataset: "
+            f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''})"
+        ) from None
+    label = f"{name}[{config}]:{split}" if config else f"{name}:{split}"
+    return _table(label, ds)
 
 
 HUB_DATA_PATTERNS = [f"*{ext}" for ext in DATA_EXTENSIONS] + ["*dataset_dict.json", "*state.json"]
@@ -325,6 +354,8 @@ def _read_directory(
         roots = [
             d for d in sorted(path.rglob("*")) if d.is_dir() and d.name.lower() == config.lower()
         ]
+        if not roots and config == "default":  # the Hub's default config: every file
+            roots = [path]
         if not roots:
             raise DataError(f"{path}: no sub-directory for config {config!r}")
     pattern = _split_pattern(split)
@@ -339,7 +370,7 @@ def _read_directory(
         }
     )
     if not files:
-        raise DataError(
+        raise MissingSplitError(
             f"{path}: no {'/'.join(DATA_EXTENSIONS)} files for split {split!r} "
             f"(looked for {split}.*, {split}-*.* and {split}/*)"
         )

@@ -119,6 +119,17 @@ def test_hub_names_read_a_snapshot_like_a_directory(monkeypatch, tmp_path):
     assert "prompt_source" not in raw.tables[0].columns  # extra columns are not kept
     assert len(load_rows("org/any", split="test", revision="v1")) == 6  # every config
     assert calls[-1] == ("org/any", "dataset", "v1")
+    assert len(load_rows("PKU-Alignment/PKU-SafeRLHF", split="test", config="default")) == 6
+    # No plain files for the split (e.g. .jsonl.xz): datasets.load_dataset reads it.
+    loaded = []
+
+    def fake_load_dataset(name, config, *, split, revision, cache_dir):
+        loaded.append((name, config, split, revision))
+        return datasets.Dataset.from_list(TABLE[:2])
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    raw = load_rows("org/any", split="validation", revision="v2")
+    assert loaded == [("org/any", None, "validation", "v2")] and len(raw) == 2
 
 
 def test_hub_failure_is_a_data_error(monkeypatch):
