@@ -173,7 +173,7 @@ def load_datasets(
         return train_ds, train_summary, None, None
     try:
         eval_ds, eval_summary = load(config.eval_split)
-    except MissingSplitError as exc:  # one training file: never evaluate on its rows
+    except MissingSplitError as exc:  # e.g. one training file: never evaluate on its rows
         if jax.process_index() == 0:
             print(f"no held-out evaluation: {exc}", flush=True)
         return train_ds, train_summary, None, None
