@@ -4,7 +4,7 @@ No JAX here: batches are frozen dataclasses of numpy arrays that the train step 
 as pytrees itself. Modules, in pipeline order:
 
 - `safedpo_jax.data.rows`: `load_rows` (``"sample"``, local jsonl/json/parquet/arrow files
-  or directories, Hub names through `datasets`), `validate_rows` (`DataError` naming
+  or directories, Hub dataset ids), `validate_rows` (`DataError` naming
   file, row and column; or counted drops), `PreferenceRow` (``unsafe`` True = unsafe).
 - `safedpo_jax.data.pairs`: `PAIR_CONSTRUCTIONS` (``safedpo``, ``helpful``,
   ``harmless``, ``safebetter``), `build_pairs`, `Pair`.
