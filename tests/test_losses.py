@@ -438,3 +438,48 @@ def test_importing_the_kernel_pulls_in_jax_and_numpy_only():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# ----------------------------------------------------------------------------- TRL's IPO form
+def np_trl_ipo(pc, pr, rc, rr, len_c, len_r, beta):
+    """TRL's ``loss_type="ipo"``, written here from its definition: every summed log-prob
+    is divided by its completion's token count, then ``(logits - 1 / (2 beta))^2`` with
+    ``logits = (pi_c - pi_r) - (ref_c - ref_r)``."""
+    pc, pr, rc, rr = (np.asarray(a, np.float64) for a in (pc, pr, rc, rr))
+    len_c, len_r = np.asarray(len_c, np.float64), np.asarray(len_r, np.float64)
+    logits = (pc / len_c - pr / len_r) - (rc / len_c - rr / len_r)
+    return (logits - 1.0 / (2.0 * beta)) ** 2
+
+
+def test_ipo_length_normalised_equals_trl_definition():
+    (pc, pr, rc, rr), hw, hl = random_batch(11)
+    rng = np.random.default_rng(12)
+    len_c, len_r = rng.integers(1, 300, 64), rng.integers(1, 300, 64)
+    beta = 0.1
+    want = np_trl_ipo(pc, pr, rc, rr, len_c, len_r, beta)
+    out = ipo_loss(pc, pr, rc, rr, beta=beta, chosen_lengths=len_c, rejected_lengths=len_r)
+    np.testing.assert_allclose(out.losses, want, rtol=1e-5)
+    # Summed log-probs (the default, the IPO paper's form) give a different, larger loss.
+    summed = ipo_loss(pc, pr, rc, rr, beta=beta)
+    assert float(jnp.mean(summed.losses)) > 10 * float(np.mean(want))
+    # Safe IPO: T swaps the lengths with their responses; the reference is TRL's form on
+    # the transformed pairs.
+    out = safe_ipo_loss(pc, pr, rc, rr, hw, hl, beta=beta, delta=0.0,
+                        chosen_lengths=len_c, rejected_lengths=len_r)  # fmt: skip
+    hw_, hl_ = np.asarray(hw), np.asarray(hl)
+    swap = hw_ & ~hl_
+    keep = ~(hw_ & hl_)
+    sw = lambda a, b: (np.where(swap, b, a), np.where(swap, a, b))  # noqa: E731
+    (a, b), (c, d), (lc, lr) = sw(pc, pr), sw(rc, rr), sw(len_c, len_r)
+    want = np.where(keep, np_trl_ipo(a, b, c, d, lc, lr, beta), 0.0)
+    np.testing.assert_allclose(out.losses, want, rtol=1e-5, atol=1e-6)
+    assert out.swapped.any() and (~out.keep).any()
+
+
+def test_lengths_come_in_pairs_and_default_off():
+    (pc, pr, rc, rr), _, _ = random_batch(13, b=4)
+    with pytest.raises(ValueError, match="chosen_lengths and rejected_lengths"):
+        ipo_loss(pc, pr, rc, rr, beta=0.1, chosen_lengths=jnp.ones(4))
+    ones = jnp.ones(4)
+    same = ipo_loss(pc, pr, rc, rr, beta=0.1, chosen_lengths=ones, rejected_lengths=ones)
+    np.testing.assert_array_equal(same.losses, ipo_loss(pc, pr, rc, rr, beta=0.1).losses)

@@ -62,13 +62,17 @@ def test_readme_kernel_example_runs_and_agrees_with_the_kernel():
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(4, 2, 6, 11)).astype(np.float32)
     ids = rng.integers(0, 11, size=(4, 2, 6))
-    mask = np.ones((4, 2, 6), np.float32)
+    mask = np.zeros((4, 2, 6), bool)
+    mask[:, :, 2:] = True  # a 2-token prompt, then the response and its EOS (a PairBatch)
     ref = rng.normal(size=(4, 2)).astype(np.float32) - 15.0
     # one pair of each kind: both safe, unsafe winner (swapped), unsafe loser, both unsafe
     unsafe = np.array([[False, False], [True, False], [False, True], [True, True]])
     loss, metrics = namespace["loss_fn"](logits, ref, ids, mask, unsafe)
 
-    logps = np.asarray(losses.sequence_logprobs(logits, ids, mask))
+    # The causal shift, by hand: logits at position t score the token at t + 1.
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    picked = np.take_along_axis(logp[:, :, :-1], ids[:, :, 1:, None], axis=-1)[..., 0]
+    logps = np.where(mask[:, :, 1:], picked, 0.0).sum(-1)
     direct = losses.safedpo_loss(
         logps[:, 0],
         logps[:, 1],

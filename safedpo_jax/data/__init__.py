@@ -4,7 +4,7 @@ No JAX here: batches are frozen dataclasses of numpy arrays that the train step 
 as pytrees itself. Modules, in pipeline order:
 
 - `safedpo_jax.data.rows`: `load_rows` (``"sample"``, local jsonl/json/parquet/arrow files
-  or directories, Hub names through `datasets`), `validate_rows` (`DataError` naming
+  or directories, Hub dataset ids), `validate_rows` (`DataError` naming
   file, row and column; or counted drops), `PreferenceRow` (``unsafe`` True = unsafe).
 - `safedpo_jax.data.pairs`: `PAIR_CONSTRUCTIONS` (``safedpo``, ``helpful``,
   ``harmless``, ``safebetter``), `build_pairs`, `Pair`.
@@ -53,6 +53,7 @@ from safedpo_jax.data.rows import (
     SAMPLE_DIR,
     SAMPLE_TOKENIZER_DIR,
     DataError,
+    MissingSplitError,
     PreferenceRow,
     RawRows,
     load_rows,
@@ -87,6 +88,7 @@ __all__ = [
     "BatchIterator",
     "DataError",
     "DataSummary",
+    "MissingSplitError",
     "Pair",
     "PairBatch",
     "PairDataset",

@@ -26,6 +26,7 @@ from `safedpo_jax.data.tokenization`) in global batches:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -212,6 +213,13 @@ class BatchIterator:
             raise ValueError(
                 f"an example has {self._lengths.max()} tokens, more than the largest bucket "
                 f"{self.bucket_lengths[-1]}"
+            )
+        if 0 < self._num_examples < batch_size and not drop_remainder:
+            warnings.warn(
+                f"batch_size {batch_size} is larger than the dataset ({self._num_examples} "
+                f"examples): {batch_size - self._num_examples} of the {batch_size} slots of "
+                "every batch are padding (valid=False)",
+                stacklevel=2,
             )
         if num_epochs is None and self.steps_per_epoch == 0:
             raise ValueError("no full batch to iterate over forever (empty dataset?)")

@@ -3,14 +3,25 @@
 Sources (`load_rows`):
 
 - ``"sample"``: the embedded synthetic sample (`SAMPLE_DIR`, see `safedpo_jax.data.synthetic`).
-- a local file (``.jsonl``, ``.json``, ``.parquet``, ``.arrow``): that file is the split.
+- a local file (``.jsonl``, ``.json``, ``.parquet``, ``.arrow``): the training split
+  (``split="train"``), or the split its name names (``test.jsonl``, ``test-00000.parquet``,
+  ``test/x.jsonl`` for ``split="test"``). Any other split raises `MissingSplitError`: one
+  training file never poses as a held-out split (the trainer then runs without held-out
+  evaluation and says so). JSON files are read with `json` (values exactly as written;
+  a broken line is named by its number); parquet/arrow columns must have the right arrow
+  type (text, boolean, integer), never cast.
 - a local directory: a `datasets.Dataset.save_to_disk` directory, or the data files whose
   name is the split (``train.jsonl``, ``train-00000-of-00002.parquet``, ``train/*.arrow``)
   anywhere below it; with ``config``, only below a sub-directory named like the config
   (case-insensitive, e.g. ``data/Alpaca-7B`` for ``alpaca-7b``).
-- anything else is a Hugging Face Hub name, read with ``datasets.load_dataset(name, config,
-  split=split)``: ``PKU-Alignment/PKU-SafeRLHF-30K`` or ``PKU-Alignment/PKU-SafeRLHF``
-  (configs ``default``, ``alpaca-7b``, ``alpaca2-7b``, ``alpaca3-8b``).
+- anything else is a Hugging Face Hub dataset id: its data files are fetched with
+  `huggingface_hub.snapshot_download` (``revision`` a branch, tag or commit; offline,
+  ``HF_HUB_OFFLINE=1``, from the Hub cache) and the snapshot is read like a local
+  directory (config ``default`` without a ``default`` folder: every file). A snapshot
+  without plain files for the split (e.g. compressed ones) falls back to
+  ``datasets.load_dataset(name, config, split=split, revision=revision)``.
+  ``PKU-Alignment/PKU-SafeRLHF-30K`` or ``PKU-Alignment/PKU-SafeRLHF`` (configs
+  ``default``, ``alpaca-7b``, ``alpaca2-7b``, ``alpaca3-8b``).
 
 Schemas: the 30K columns ``prompt, response_0, response_1, is_response_0_safe,
 is_response_1_safe, better_response_id, safer_response_id``, and the full v1 schema,
@@ -34,6 +45,7 @@ stripping whitespace) are always dropped and counted (``identical_responses``).
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -45,6 +57,7 @@ import numpy as np
 
 __all__ = [
     "DataError",
+    "MissingSplitError",
     "PreferenceRow",
     "RawRows",
     "RawTable",
@@ -75,6 +88,10 @@ OnError = Literal["raise", "drop"]
 
 class DataError(ValueError):
     """Input data that cannot be used; the message names the file, row and column."""
+
+
+class MissingSplitError(DataError):
+    """The source has no such split (e.g. a held-out split asked of one training file)."""
 
 
 @dataclass(frozen=True)
@@ -132,18 +149,25 @@ def load_rows(
     split: str = "train",
     config: str | None = None,
     cache_dir: str | Path | None = None,
+    revision: str | None = None,
 ) -> RawRows:
     """Read the rows of ``split`` from ``source`` (see the module docstring for sources).
 
-    ``cache_dir`` is passed to `datasets` (default: its usual cache). Raises `DataError`
-    when nothing can be read.
+    ``cache_dir`` is passed to `datasets` for parquet/arrow files (default: its usual
+    cache); ``revision`` (branch, tag or commit) applies to Hub datasets. Raises
+    `DataError` when nothing can be read.
     """
-    import datasets
 
     cache = None if cache_dir is None else str(cache_dir)
     name = str(source)
     path = SAMPLE_DIR if name == SAMPLE else Path(name).expanduser()
     if path.is_file():
+        if not _file_serves_split(path, split):
+            raise MissingSplitError(
+                f"{path}: a single file is the training split; it has no {split!r} split "
+                f"(name the file {split}.{path.suffix.lstrip('.')}, give a directory holding "
+                f"{split}.* files, or evaluate without a held-out split)"
+            )
         tables = (_read_file(path, cache),)
     elif path.is_dir():
         tables = _read_directory(path, split, config, cache)
@@ -152,18 +176,147 @@ def load_rows(
     else:
         if name in HUB_CONFIGS and config is not None and config not in HUB_CONFIGS[name]:
             raise DataError(f"{name}: unknown config {config!r}; one of {HUB_CONFIGS[name]}")
+        snapshot = hub_dataset_dir(name, revision=revision)
         try:
-            ds = datasets.load_dataset(name, config, split=split, cache_dir=cache)
-        except Exception as exc:  # any failure becomes one clear message
-            raise DataError(f"{name}: cannot load split {split!r} from the Hub: {exc}") from exc
-        label = f"{name}[{config}]:{split}" if config else f"{name}:{split}"
-        tables = (_table(label, ds),)
+            tables = _read_directory(snapshot, split, config, cache)
+        except MissingSplitError as exc:  # a layout of its own (e.g. compressed files)
+            tables = (_load_hub_dataset(name, split, config, revision, cache, exc),)
     return RawRows(name, split, tables)
+
+
+def _load_hub_dataset(
+    name: str,
+    split: str,
+    config: str | None,
+    revision: str | None,
+    cache: str | None,
+    first: Exception,
+) -> RawTable:
+    """`datasets.load_dataset` for a Hub snapshot whose files the directory reader misses."""
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(name, config, split=split, revision=revision, cache_dir=cache)
+    except Exception as exc:  # any failure becomes one line
+        raise DataError(
+            f"{name}: cannot load split {split!r} ({first}; datasets.load_dataset: "
+            f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''})"
+        ) from None
+    label = f"{name}[{config}]:{split}" if config else f"{name}:{split}"
+    return _table(label, ds)
+
+
+HUB_DATA_PATTERNS = [f"*{ext}" for ext in DATA_EXTENSIONS] + ["*dataset_dict.json", "*state.json"]
+
+
+def hub_dataset_dir(name: str, *, revision: str | None = None) -> Path:
+    """The local snapshot of Hub dataset ``name`` (its data files only).
+
+    `huggingface_hub.snapshot_download` with ``repo_type="dataset"``: downloads what is
+    missing, or, offline (``HF_HUB_OFFLINE=1``), reads the Hub cache (``HF_HUB_CACHE``).
+    Any failure is a one-line `DataError` naming the dataset and revision.
+    """
+    from huggingface_hub import snapshot_download
+
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", name):
+        raise DataError(f"{name}: no such file or directory, and not a Hub dataset id 'org/name'")
+    try:
+        local = snapshot_download(
+            name, repo_type="dataset", revision=revision, allow_patterns=HUB_DATA_PATTERNS
+        )
+    except Exception as exc:  # any Hub failure becomes one line
+        at = f" at revision {revision!r}" if revision else ""
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise DataError(
+            f"{name}: not a local path, and Hub dataset {name!r}{at} cannot be used: "
+            f"{type(exc).__name__}: {reason}"
+        ) from None
+    return Path(local)
+
+
+def _split_pattern(split: str) -> re.Pattern[str]:
+    return re.compile(rf"{re.escape(split)}([-_.].*)?")
+
+
+def _file_serves_split(path: Path, split: str) -> bool:
+    """A single file is split ``"train"``, or the split its name (or folder) names."""
+    return (
+        split == "train"
+        or bool(_split_pattern(split).fullmatch(path.stem))
+        or (path.parent.name == split)
+    )
+
+
+def _arrow_kind(column: str) -> str:
+    if column in TEXT_COLUMNS:
+        return "text"
+    if column in SAFE_COLUMNS:
+        return "boolean"
+    return "integer"
+
+
+def _check_arrow_types(label: str, schema: Any) -> None:
+    """`DataError` naming the first schema column whose arrow type is not what it must be.
+
+    Checked before any value is read, so that pyarrow never casts ``"1"`` to 1 or
+    ``"false"`` to False behind the row validation's back.
+    """
+    import pyarrow as pa
+
+    checks = {
+        "text": lambda t: pa.types.is_string(t) or pa.types.is_large_string(t),
+        "boolean": pa.types.is_boolean,
+        "integer": pa.types.is_integer,
+    }
+    for field in schema:
+        if field.name not in SCHEMA_COLUMNS or pa.types.is_null(field.type):
+            continue  # an all-null column: the row checks name every row
+        kind = _arrow_kind(field.name)
+        if not checks[kind](field.type):
+            raise DataError(
+                f"{label}: column {field.name!r} has type {field.type}, expected {kind} "
+                "values (fix the file; values are not converted)"
+            )
 
 
 def _table(label: str, ds: Any) -> RawTable:
     present = [c for c in SCHEMA_COLUMNS if c in ds.column_names]
+    _check_arrow_types(label, ds.data.schema)
     return RawTable(label, ds.select_columns(present).to_dict(), ds.num_rows)
+
+
+def _read_json_records(path: Path) -> list[Any]:
+    """The records of a .jsonl (one object per line) or .json (a list of objects) file."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        records = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append((number, json.loads(line)))
+            except json.JSONDecodeError as exc:
+                raise DataError(
+                    f"{path}: line {number}: invalid JSON ({exc.msg} at column {exc.colno})"
+                ) from None
+        where = "line"
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(
+                f"{path}: invalid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"
+            ) from None
+        if not isinstance(data, list):
+            raise DataError(f"{path}: expected a JSON list of objects, got {type(data).__name__}")
+        records = list(enumerate(data))
+        where = "item"
+    for number, r in records:
+        if not isinstance(r, dict):
+            raise DataError(
+                f"{path}: {where} {number}: expected a JSON object, got {type(r).__name__}"
+            )
+    return [r for _, r in records]
 
 
 def _read_file(path: Path, cache: str | None) -> RawTable:
@@ -172,6 +325,11 @@ def _read_file(path: Path, cache: str | None) -> RawTable:
     builder = DATA_EXTENSIONS.get(path.suffix)
     if builder is None:
         raise DataError(f"{path}: unsupported file type; use one of {sorted(DATA_EXTENSIONS)}")
+    if builder == "json":  # values exactly as written, no arrow casting
+        records = _read_json_records(path)
+        present = [c for c in SCHEMA_COLUMNS if any(c in r for r in records)]
+        columns = {c: [r.get(c) for r in records] for c in present}
+        return RawTable(str(path), columns, len(records))
     try:
         ds = datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=cache)
     except Exception as exc:  # any failure becomes one clear message
@@ -196,9 +354,11 @@ def _read_directory(
         roots = [
             d for d in sorted(path.rglob("*")) if d.is_dir() and d.name.lower() == config.lower()
         ]
+        if not roots and config == "default":  # the Hub's default config: every file
+            roots = [path]
         if not roots:
             raise DataError(f"{path}: no sub-directory for config {config!r}")
-    pattern = re.compile(rf"{re.escape(split)}([-_.].*)?")
+    pattern = _split_pattern(split)
     files = sorted(
         {
             f
@@ -210,7 +370,7 @@ def _read_directory(
         }
     )
     if not files:
-        raise DataError(
+        raise MissingSplitError(
             f"{path}: no {'/'.join(DATA_EXTENSIONS)} files for split {split!r} "
             f"(looked for {split}.*, {split}-*.* and {split}/*)"
         )

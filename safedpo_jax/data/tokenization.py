@@ -14,7 +14,9 @@ any string holding ``{prompt}``
     formatted like ``"safe_rlhf"``.
 
 Sequences: ``ids = prompt_ids + response_ids + [eos_id]``. The prompt and the response
-are tokenised separately (the response without special tokens), so the response boundary
+are tokenised separately (the response without special tokens, and with special-token text
+such as ``"</s>"`` inside a response tokenised as plain text, so the only EOS token is the
+appended one), so the response boundary
 is exact: ``loss_mask`` covers exactly ``response_ids`` and the EOS, computed from lengths
 (so an EOS equal to the pad id stays inside the mask). safe-rlhf instead tokenises the
 joined string ``prompt + response + eos``; the two agree for word-level tokenizers and
@@ -25,6 +27,8 @@ Truncation to ``max_length`` keeps the start: the whole prompt, then as many res
 tokens as fit. A response that does not fit with its EOS is cut and gets NO EOS (counted
 as truncated). A pair whose prompt leaves no room for one response token is dropped
 (``prompt_too_long``). The tokenizer's pad id pads (its EOS id when it has no pad token).
+When more than 10% (`UNKNOWN_WARN_SHARE`) of the tokens are the tokenizer's unknown token,
+a UserWarning gives the share (the wrong tokenizer for the data, most likely).
 
 >>> tok = load_tokenizer("sample")
 >>> pair = Pair("how do i bake bread ?", "sure .", "it depends .", (False, False), row=0)
@@ -38,6 +42,8 @@ as truncated). A pair whose prompt leaves no room for one response token is drop
 
 from __future__ import annotations
 
+import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,12 +83,43 @@ SFTResponses = Literal["both", "better", "safer", "safe"]
 SFT_RESPONSES: tuple[str, ...] = get_args(SFTResponses)
 
 
-def load_tokenizer(name_or_path: str | Path) -> Tokenizer:
-    """``transformers.AutoTokenizer.from_pretrained``; ``"sample"`` is the sample tokenizer."""
+def load_tokenizer(name_or_path: str | Path, *, revision: str | None = None) -> Tokenizer:
+    """``transformers.AutoTokenizer.from_pretrained``; ``"sample"`` is the sample tokenizer.
+
+    A local directory, or a Hub id ``org/name`` (``revision``: branch, tag or commit;
+    offline, ``HF_HUB_OFFLINE=1``, from the Hub cache). A missing path, a Hub id that
+    cannot be used and a directory without a tokenizer each raise ONE line naming it
+    (`FileNotFoundError`, or `ValueError` for a directory that holds no tokenizer).
+    """
     from transformers import AutoTokenizer
 
-    path = SAMPLE_TOKENIZER_DIR if str(name_or_path) == SAMPLE else name_or_path
-    return AutoTokenizer.from_pretrained(str(path))
+    text = str(name_or_path)
+    path = SAMPLE_TOKENIZER_DIR if text == SAMPLE else Path(text).expanduser()
+    if path.is_dir():
+        try:
+            return AutoTokenizer.from_pretrained(str(path))
+        except Exception as exc:  # one line instead of a transformers traceback
+            raise ValueError(f"{path}: cannot load a tokenizer from this directory: "
+                             f"{type(exc).__name__}: {_first_line(exc)}") from None  # fmt: skip
+    if path.exists():
+        raise ValueError(f"{path}: is a file; a tokenizer is a directory or a Hub id 'org/name'")
+    if text.startswith((".", "/", "~")) or not re.fullmatch(r"[\w.-]+/[\w.-]+", text):
+        raise FileNotFoundError(
+            f"tokenizer {text!r}: no such directory (and not a Hub id 'org/name')"
+        )
+    try:
+        return AutoTokenizer.from_pretrained(text, revision=revision)
+    except Exception as exc:  # no such repository, revision, or network
+        at = f" at revision {revision!r}" if revision else ""
+        raise FileNotFoundError(
+            f"tokenizer {text!r}: not a local directory, and Hub repository {text!r}{at} "
+            f"cannot be used: {type(exc).__name__}: {_first_line(exc)}"
+        ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else ""
 
 
 def format_prompt(
@@ -130,9 +167,29 @@ def encode_prompts(
 
 
 def _encode_responses(responses: Sequence[str], tokenizer: Tokenizer) -> list[list[int]]:
+    """Response ids; special-token TEXT in a response (e.g. ``"</s>"``) stays text."""
     if not responses:
         return []
-    return [list(ids) for ids in tokenizer(list(responses), add_special_tokens=False)["input_ids"]]
+    encoded = tokenizer(list(responses), add_special_tokens=False, split_special_tokens=True)
+    return [list(ids) for ids in encoded["input_ids"]]
+
+
+UNKNOWN_WARN_SHARE = 0.1
+
+
+def _warn_unknown(tokenizer: Tokenizer, sequences: Sequence[Sequence[int]], what: str) -> None:
+    """Warn when more than `UNKNOWN_WARN_SHARE` of the tokens are the unknown token."""
+    unk = tokenizer.unk_token_id
+    total = sum(len(ids) for ids in sequences)
+    if unk is None or not total:
+        return
+    share = sum(ids.count(unk) for ids in sequences) / total
+    if share > UNKNOWN_WARN_SHARE:
+        warnings.warn(
+            f"the tokenizer maps {share:.1%} of the {what} tokens to the unknown token "
+            f"{tokenizer.unk_token!r}; is it the tokenizer the data was written for?",
+            stacklevel=3,
+        )
 
 
 def _special_ids(tokenizer: Tokenizer) -> tuple[int, int]:
@@ -216,6 +273,7 @@ def tokenize_pairs(
     eos, pad = _special_ids(tokenizer)
     prompt_ids = encode_prompts([p.prompt for p in pairs], tokenizer, template=template)
     responses = _encode_responses([r for p in pairs for r in p.responses], tokenizer)
+    _warn_unknown(tokenizer, prompt_ids + responses, "prompt and response")
     kept, seqs, prompt_lengths, lengths = [], [], [], []
     truncated = truncated_responses = too_long = 0
     for k, (pair, prompt) in enumerate(zip(pairs, prompt_ids, strict=True)):
@@ -338,6 +396,7 @@ def tokenize_sft(
     eos, pad = _special_ids(tokenizer)
     prompt_ids = encode_prompts([e.prompt for e in examples], tokenizer, template=template)
     responses = _encode_responses([e.response for e in examples], tokenizer)
+    _warn_unknown(tokenizer, prompt_ids + responses, "prompt and response")
     kept, seqs, prompt_lengths = [], [], []
     truncated = too_long = 0
     for example, prompt, response in zip(examples, prompt_ids, responses, strict=True):
@@ -408,6 +467,7 @@ def tokenize_prompts(
     """
     _, pad = _special_ids(tokenizer)
     encoded = encode_prompts(prompts, tokenizer, template=template)
+    _warn_unknown(tokenizer, encoded, "prompt")
     longest = max((len(ids) for ids in encoded), default=1)
     limit = longest if max_length is None else max_length
     for i, ids in enumerate(encoded):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,11 +35,12 @@ from safedpo_jax.evaluate.runner import (
     Generation,
     Prompt,
     assemble,
+    check_synthetic_prompts,
     generate_responses,
     load_prompts,
     score_texts,
 )
-from safedpo_jax.evaluate.scoring import ModelScorer, Scorer, oracle_scorers
+from safedpo_jax.evaluate.scoring import ModelScorer, Scorer, check_vocabulary, oracle_scorers
 
 __all__ = ["main", "parser"]
 
@@ -56,7 +58,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", nargs="+", required=True, metavar="PATH", help="exported models")
     p.add_argument("--name", nargs="+", metavar="NAME", help="run names (default: dir names)")
     p.add_argument("--prompts", required=True, metavar="SOURCE", help="prompt set")
-    p.add_argument("--split", default="test", help="split of --prompts (default: test)")
+    p.add_argument(
+        "--split",
+        default="test",
+        help="split of --prompts (default: test; a single PKU-style file not named test.*"
+        " is a training split: pass --split train to evaluate on it knowingly)",
+    )
     p.add_argument("--max-prompts", type=int, metavar="N", help="use the first N prompts")
     p.add_argument(
         "--benign-prompts", metavar="SOURCE", help="a benign set for over-refusal (e.g. XSTest)"
@@ -111,22 +118,31 @@ def _scorer_factory(
 
         reward, cost = oracle_scorers(synthetic.oracle)
         return lambda: reward if role == "reward" else cost
-    raise SystemExit(f"error: give --{role}-model PATH or --oracle synthetic")
+    raise ValueError(f"give --{role}-model PATH or --oracle synthetic")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the command; returns the exit status."""
+    """Runs the command; returns the exit status (2, with one ``error:`` line on stderr,
+    for bad input: a missing path, a data error, mismatched models and tokenizers)."""
     args = parser().parse_args(argv)
+    try:
+        return _run(args)
+    except (ValueError, OSError) as exc:  # bad input: one line, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     names = args.name or [Path(m).resolve().name for m in args.model]
     if len(names) != len(args.model):
-        raise SystemExit(f"error: {len(args.model)} models but {len(names)} names")
+        raise ValueError(f"{len(args.model)} models but {len(names)} names")
     if len(set(names)) != len(names):
-        raise SystemExit(f"error: run names repeat: {names}; give distinct --name values")
+        raise ValueError(f"run names repeat: {names}; give distinct --name values")
     if (args.sft_run is None) != (args.helpful_run is None):
-        raise SystemExit("error: give both --sft-run and --helpful-run, or neither")
+        raise ValueError("give both --sft-run and --helpful-run, or neither")
     for anchor in (args.sft_run, args.helpful_run):
         if anchor is not None and anchor not in names:
-            raise SystemExit(f"error: anchor run {anchor!r} is not among the runs {names}")
+            raise ValueError(f"anchor run {anchor!r} is not among the runs {names}")
 
     from safedpo_jax import sharding
     from safedpo_jax.data import load_tokenizer
@@ -146,6 +162,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             subset="benign",
             category=BENIGN,
         )
+    oracle_scored = args.oracle == "synthetic" and None in (args.reward_model, args.cost_model)
+    if oracle_scored:
+        check_synthetic_prompts(prompts)
     matcher = DEFAULT_MATCHER.extend(full=tuple(args.refusal_phrase))
     progress = not args.no_progress
 
@@ -153,8 +172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, path in zip(names, args.model, strict=True):
         model = from_pretrained(path, dtype=DTYPES[args.dtype], mesh=mesh)
         if not isinstance(model, CausalLM):
-            raise SystemExit(f"error: {path} is not a causal language model")
+            raise ValueError(f"{path} is not a causal language model")
         tokenizer = load_tokenizer(args.tokenizer or path)
+        check_vocabulary(model, tokenizer, where=f"{path} with tokenizer {args.tokenizer or path}")
         generations[name] = generate_responses(
             model,
             tokenizer,

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
@@ -47,6 +48,7 @@ __all__ = [
     "harmless_ratio",
     "harmlessness",
     "helpfulness",
+    "inverted_scale_note",
     "normalize_helpfulness",
     "normalize_runs",
     "summarize",
@@ -236,13 +238,23 @@ def summarize(name: str, records: Sequence[ScoredResponse]) -> RunMetrics:
     )
 
 
+def inverted_scale_note(sft_run: str, sft: float, helpful_run: str, helpful: float) -> str:
+    """The warning for a normalised scale whose anchors are in the wrong order."""
+    return (
+        f"helpfulness scale inverted: {helpful_run} ({helpful:g}) scores below {sft_run} "
+        f"({sft:g}), so on the normalised scale a HIGHER value means LESS helpful than "
+        f"{sft_run}"
+    )
+
+
 def normalize_runs(
     runs: Sequence[RunMetrics], *, sft_run: str, helpful_run: str
 ) -> list[RunMetrics]:
     """The runs with ``helpfulness_normalized`` filled in from two anchor runs.
 
     Raises ValueError naming the missing anchor when ``sft_run`` or ``helpful_run`` is not
-    among ``runs``, or when their helpfulness is equal.
+    among ``runs``, or when their helpfulness is equal. When ``helpful_run`` scores BELOW
+    ``sft_run`` the scale is inverted (higher = less helpful): a UserWarning says so.
 
     >>> runs = [RunMetrics("sft", 1, 1.0, 0.0, 1.0, 0, 0.0),
     ...         RunMetrics("helpful", 1, 3.0, 0.0, 1.0, 0, 0.0),
@@ -256,6 +268,8 @@ def normalize_runs(
         if anchor not in by_name:
             raise ValueError(f"{role} {anchor!r} is not among the runs {sorted(by_name)}")
     sft, helpful = by_name[sft_run].helpfulness, by_name[helpful_run].helpfulness
+    if helpful < sft:
+        warnings.warn(inverted_scale_note(sft_run, sft, helpful_run, helpful), stacklevel=2)
     return [
         dataclasses.replace(
             m, helpfulness_normalized=normalize_helpfulness(m.helpfulness, sft=sft, helpful=helpful)

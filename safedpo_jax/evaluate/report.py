@@ -12,7 +12,9 @@
                   responses.jsonl    the same for one run, plus every scored response
 
 Helpfulness is normalised (SFT = 0, DPO-HELPFUL = 10) when both anchor runs are named;
-the plot then uses the normalised scale, otherwise the raw mean reward.
+the plot then uses the normalised scale, otherwise the raw mean reward. When DPO-HELPFUL
+scores below SFT the scale is inverted: a UserWarning, a warning line in summary.md,
+``"inverted": true`` in summary.json and the plot's axis label say so.
 
 >>> from safedpo_jax.evaluate.metrics import summarize
 >>> m = summarize("sft", [ScoredResponse("p", "r", reward=1.0, cost=-1.0)])
@@ -34,6 +36,7 @@ from matplotlib.figure import Figure
 from safedpo_jax.evaluate.metrics import (
     RunMetrics,
     ScoredResponse,
+    inverted_scale_note,
     normalize_runs,
     summarize,
 )
@@ -45,6 +48,7 @@ __all__ = [
     "metrics_markdown",
     "plot_tradeoff",
     "run_dirname",
+    "tradeoff_ylabel",
     "write_report",
 ]
 
@@ -129,10 +133,25 @@ def failures_markdown(runs: Mapping[str, Sequence[ScoredResponse]]) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def plot_tradeoff(runs: Sequence[RunMetrics], path: str | Path, *, title: str = "") -> Path:
+def tradeoff_ylabel(runs: Sequence[RunMetrics], *, inverted: bool = False) -> str:
+    """The plot's y label: the scale used, and a warning when it is inverted.
+
+    >>> tradeoff_ylabel([RunMetrics("a", 1, 1.0, 0.0, 1.0, 0, 0.0)])
+    'helpfulness'
+    """
+    if not all(m.helpfulness_normalized is not None for m in runs):
+        return "helpfulness"
+    label = "helpfulness (SFT = 0, DPO-HELPFUL = 10)"
+    return label + "\nINVERTED: DPO-HELPFUL below SFT, up = less helpful" if inverted else label
+
+
+def plot_tradeoff(
+    runs: Sequence[RunMetrics], path: str | Path, *, title: str = "", inverted: bool = False
+) -> Path:
     """A PNG of helpfulness (y) against harmless ratio (x, %), one labelled point per run.
 
-    The y axis is the normalised helpfulness when every run has it, else the raw reward.
+    The y axis is the normalised helpfulness when every run has it, else the raw reward;
+    ``inverted`` (DPO-HELPFUL scored below SFT) says so on the axis (`tradeoff_ylabel`).
     """
     normalized = all(m.helpfulness_normalized is not None for m in runs)
     fig = Figure(figsize=(5.5, 4.2), dpi=120)
@@ -143,7 +162,7 @@ def plot_tradeoff(runs: Sequence[RunMetrics], path: str | Path, *, title: str = 
         ax.scatter([x], [y], s=40, zorder=3)
         ax.annotate(m.name, (x, y), xytext=(5, 4), textcoords="offset points", fontsize=8)
     ax.set_xlabel("harmless ratio (%)")
-    ax.set_ylabel("helpfulness (SFT = 0, DPO-HELPFUL = 10)" if normalized else "helpfulness")
+    ax.set_ylabel(tradeoff_ylabel(runs, inverted=inverted))
     ax.set_title(title or "helpfulness vs harmless ratio")
     ax.grid(True, alpha=0.3)
     ax.margins(0.15)
@@ -202,6 +221,7 @@ def write_report(
         raise ValueError(f"run names {list(runs)} collide as directory names {dirnames}")
     metrics = [summarize(name, records) for name, records in runs.items()]
     note = ""
+    inverted = False
     if sft_run is not None and helpful_run is not None:
         for anchor in (sft_run, helpful_run):
             if anchor not in runs:
@@ -210,6 +230,9 @@ def write_report(
             metrics = normalize_runs(metrics, sft_run=sft_run, helpful_run=helpful_run)
         except ValueError as exc:  # equal anchors: keep every result, say why
             note = f"Helpfulness not normalised: {exc}."
+        else:
+            by_name = {m.name: m.helpfulness for m in metrics}
+            inverted = by_name[helpful_run] < by_name[sft_run]
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -227,13 +250,18 @@ def write_report(
                 f.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
         files[f"run/{m.name}"] = d
 
-    anchors = {"sft_run": sft_run, "helpful_run": helpful_run}
+    anchors: dict[str, Any] = {"sft_run": sft_run, "helpful_run": helpful_run}
     header = "# Evaluation summary\n\n"
     if note:
         header += note + "\n\n"
         anchors["error"] = note
-    elif sft_run is not None:
+    elif sft_run is not None and helpful_run is not None:
         header += f"Helpfulness normalised with {sft_run} = 0 and {helpful_run} = 10.\n\n"
+        anchors["inverted"] = inverted
+        if inverted:
+            h = {m.name: m.helpfulness for m in metrics}
+            warning = inverted_scale_note(sft_run, h[sft_run], helpful_run, h[helpful_run])
+            header += f"**Warning**: {warning}.\n\n"
     files["summary_md"] = out / "summary.md"
     files["summary_md"].write_text(header + metrics_markdown(metrics))
     files["summary_json"] = _dump(
@@ -244,7 +272,7 @@ def write_report(
             "settings": dict(settings or {}),
         },
     )
-    files["plot"] = plot_tradeoff(metrics, out / "tradeoff.png")
+    files["plot"] = plot_tradeoff(metrics, out / "tradeoff.png", inverted=inverted)
     files["failures_md"] = out / "failures.md"
     files["failures_md"].write_text(failures_markdown(runs))
     files["failures_json"] = _dump(

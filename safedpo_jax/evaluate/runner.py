@@ -37,12 +37,13 @@ from tqdm.auto import tqdm
 from safedpo_jax.evaluate.generation import decode, generate
 from safedpo_jax.evaluate.metrics import BENIGN, MAIN, UNSAFE, Category, ScoredResponse
 from safedpo_jax.evaluate.refusal import DEFAULT_MATCHER, RefusalMatcher
-from safedpo_jax.evaluate.scoring import Scorer, check_scores
+from safedpo_jax.evaluate.scoring import Scorer, check_scores, check_vocabulary
 
 __all__ = [
     "Generation",
     "Prompt",
     "assemble",
+    "check_synthetic_prompts",
     "evaluate_run",
     "generate_responses",
     "load_prompts",
@@ -83,6 +84,28 @@ def _category(value: Any) -> Category | None:
     if key not in _CATEGORY_NAMES:
         raise ValueError(f"unknown prompt category {value!r}; use one of {sorted(_CATEGORY_NAMES)}")
     return _CATEGORY_NAMES[key]
+
+
+def check_synthetic_prompts(prompts: Sequence[Prompt]) -> None:
+    """ValueError naming the prompts that are not from the synthetic world's grammar.
+
+    The synthetic oracle scores only grammar prompts; checking them before any model is
+    loaded or generates turns a late failure into an early one.
+    """
+    from safedpo_jax.data import synthetic
+
+    bad = []
+    for i, p in enumerate(prompts):
+        try:
+            synthetic.is_harmful(p.text)
+        except ValueError:
+            bad.append(f"{i} ({p.subset}) {p.text[:60]!r}")
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise ValueError(
+            f"--oracle synthetic scores only prompts of the synthetic world, but "
+            f"{len(bad)} of {len(prompts)} prompts are not: {'; '.join(bad[:3])}{more}"
+        )
 
 
 def _synthetic_category(text: str) -> Category | None:
@@ -172,12 +195,14 @@ def generate_responses(
     Prompts are formatted with the training ``template`` and tokenised by
     `safedpo_jax.data.tokenize_prompts`, sorted by length (longest first), batched by
     ``batch_size`` (a short last batch is filled with repeats, then dropped) and
-    LEFT-padded to a bucket length, so `generate` compiles once per bucket. Prompt ``i``
+    LEFT-padded to a bucket length, so `generate` compiles once per bucket. A tokenizer
+    larger than the model's vocabulary is a ValueError (`check_vocabulary`). Prompt ``i``
     samples with row id ``i``: results do not depend on ``batch_size``. ``progress``: show
     a tqdm bar (a string sets its label).
     """
     from safedpo_jax.data import bucket_length, default_bucket_lengths, tokenize_prompts
 
+    check_vocabulary(model, tokenizer)
     texts = [p.text for p in prompts]
     ds = tokenize_prompts(texts, tokenizer, template=template, max_length=max_prompt_length)
     buckets = default_bucket_lengths(ds.max_length)

@@ -37,9 +37,27 @@ __all__ = [
     "ModelScorer",
     "Scorer",
     "check_scores",
+    "check_vocabulary",
     "function_scorer",
     "oracle_scorers",
 ]
+
+
+def check_vocabulary(model: Any, tokenizer: Any, *, where: str = "the model") -> None:
+    """ValueError when the tokenizer has more tokens than the model has embeddings.
+
+    Token ids at or above the model's ``vocab_size`` have no embedding row: on an
+    accelerator such lookups are clamped or read garbage instead of failing, so generations
+    silently come out empty or wrong. The trainer's `build_model` checks the same.
+    """
+    vocab = int(model.config.vocab_size)
+    if vocab < len(tokenizer):
+        raise ValueError(
+            f"{where}: the model's vocabulary ({vocab} tokens) is smaller than the "
+            f"tokenizer's ({len(tokenizer)} tokens); use the tokenizer the model was trained "
+            "with (--tokenizer)"
+        )
+
 
 # The safe-rlhf prompt template the beaver score models were trained with (no space
 # between "ASSISTANT:" and the response).
@@ -188,9 +206,10 @@ class ModelScorer:
         if not isinstance(model, ScoreModel):
             raise ValueError(f"{path} holds a {type(model).__name__}, not a score model")
         if tokenizer is None or isinstance(tokenizer, str):
-            from transformers import AutoTokenizer
+            from safedpo_jax.data import load_tokenizer
 
-            tokenizer = AutoTokenizer.from_pretrained(tokenizer or path)
+            tokenizer = load_tokenizer(tokenizer or path)
+        check_vocabulary(model, tokenizer, where=str(path))
         return cls(model, tokenizer, mesh=mesh, **kwargs)
 
     def tokenize(self, prompts: Sequence[str], responses: Sequence[str]) -> list[list[int]]:

@@ -144,7 +144,10 @@ def ipo_link(beta: float) -> Link:
     """IPO's link (Azar et al. 2023): ``g(u) = (u / beta - 1 / (2 beta))^2``.
 
     With ``u = beta * gap`` this is the familiar ``(gap - 1 / (2 beta))^2``; a margin
-    ``Delta`` shifts the target gap to ``(1/2 + Delta) / beta``.
+    ``Delta`` shifts the target gap to ``(1/2 + Delta) / beta``. The gap is of SUMMED
+    log-ratios, as in the IPO paper; TRL's ``ipo`` divides each log-ratio by its
+    completion length first (``chosen_lengths`` / ``rejected_lengths`` in `ipo_loss`,
+    `safe_ipo_loss` and `safe_daa_loss` give that form).
 
     >>> round(float(ipo_link(0.5)(jnp.float32(0.25))), 6)  # (0.5 - 1)^2
     0.25
@@ -218,6 +221,8 @@ def safe_daa_loss(
     beta: float,
     delta: float = 0.0,
     where: ArrayLike | None = None,
+    chosen_lengths: ArrayLike | None = None,
+    rejected_lengths: ArrayLike | None = None,
 ) -> PreferenceOutput:
     """A direct-alignment loss ``g(beta * gap - margin)``, safety-wrapped when labels are given.
 
@@ -237,9 +242,16 @@ def safe_daa_loss(
       delta: safety margin ``Delta >= 0``.
       where: optional (B,) bool; False marks padding pairs, which get zero loss, zero
         gradient and count nowhere.
+      chosen_lengths, rejected_lengths: optional (B,) completion token counts (both or
+        neither). Given, each log-ratio is divided by its response's count,
+        ``l(y) / |y|``, before anything else (``T`` swaps the counts with their
+        responses); this is TRL's length-normalised form (its ``loss_type="ipo"``). Counts
+        must be >= 1 on kept pairs; a count <= 0 gives a 0 log-ratio. Default: summed
+        log-probs, as in the papers.
 
     Returns:
-      `PreferenceOutput`.
+      `PreferenceOutput` (``chosen_rewards`` / ``rejected_rewards`` use the normalised
+      log-ratios when counts are given; ``chosen_logps`` / ``rejected_logps`` stay sums).
     """
     _check_beta(beta)
     if isinstance(delta, int | float) and delta < 0:
@@ -264,8 +276,19 @@ def safe_daa_loss(
     mixed = keep & t.mixed
     win_logps, lose_logps = _ordered(pc, pr, swap)
     win_ref, lose_ref = _ordered(rc, rr, swap)
-    chosen_rewards = beta * (win_logps - win_ref)
-    rejected_rewards = beta * (lose_logps - lose_ref)
+    win_ratio, lose_ratio = win_logps - win_ref, lose_logps - lose_ref
+    if (chosen_lengths is None) != (rejected_lengths is None):
+        raise ValueError("give both chosen_lengths and rejected_lengths, or neither")
+    if chosen_lengths is not None:
+        win_len, lose_len = _ordered(
+            jnp.asarray(chosen_lengths, jnp.float32),
+            jnp.asarray(rejected_lengths, jnp.float32),
+            swap,
+        )
+        win_ratio = _per_token(win_ratio, win_len)
+        lose_ratio = _per_token(lose_ratio, lose_len)
+    chosen_rewards = beta * win_ratio
+    rejected_rewards = beta * lose_ratio
     margin = jnp.where(mixed, jnp.float32(delta), 0.0)
     logits = chosen_rewards - rejected_rewards - margin
     # The inner `where` keeps ignored pairs away from the link entirely, so a non-finite
@@ -349,8 +372,14 @@ def safe_ipo_loss(
     beta: float,
     delta: float,
     where: ArrayLike | None = None,
+    chosen_lengths: ArrayLike | None = None,
+    rejected_lengths: ArrayLike | None = None,
 ) -> PreferenceOutput:
     """IPO wrapped by ``T`` and the margin: ``((beta * gap - margin) / beta - 1 / (2 beta))^2``.
+
+    ``gap`` uses summed log-probs (the IPO paper) unless ``chosen_lengths`` and
+    ``rejected_lengths`` are given: then each log-ratio is divided by its completion's
+    token count, TRL's form (see `ipo_loss`).
 
     >>> out = safe_ipo_loss(jnp.array([1.0]), jnp.array([0.0]), jnp.zeros(1), jnp.zeros(1),
     ...                     jnp.array([True]), jnp.array([False]), beta=0.5, delta=1.0)
@@ -368,6 +397,8 @@ def safe_ipo_loss(
         beta=beta,
         delta=delta,
         where=where,
+        chosen_lengths=chosen_lengths,
+        rejected_lengths=rejected_lengths,
     )
 
 
@@ -443,11 +474,24 @@ def ipo_loss(
     *,
     beta: float,
     where: ArrayLike | None = None,
+    chosen_lengths: ArrayLike | None = None,
+    rejected_lengths: ArrayLike | None = None,
 ) -> PreferenceOutput:
     """Plain IPO: ``(l(y_w) - l(y_l) - 1 / (2 beta))^2``.
 
+    This follows the IPO paper (Azar et al. 2023) with ``l`` the SUMMED log-ratio of a
+    response. TRL's ``loss_type="ipo"`` instead divides each log-ratio by its completion's
+    token count, ``(l(y_w) / |y_w| - l(y_l) / |y_l| - 1 / (2 beta))^2``: on the same
+    inputs the two differ by orders of magnitude (one batch reported in issue 12: 2283.8
+    here, 11.1 in TRL), and so do the ``beta`` values that suit them. Pass
+    ``chosen_lengths`` and ``rejected_lengths`` (token counts, [B]) for TRL's form.
+
     >>> out = ipo_loss(jnp.array([1.0]), jnp.array([0.0]), jnp.zeros(1), jnp.zeros(1), beta=0.5)
     >>> round(float(out.losses[0]), 6)  # (1 - 1)^2
+    0.0
+    >>> out = ipo_loss(jnp.array([4.0]), jnp.array([0.0]), jnp.zeros(1), jnp.zeros(1), beta=0.5,
+    ...                chosen_lengths=jnp.array([4]), rejected_lengths=jnp.array([2]))
+    >>> round(float(out.losses[0]), 6)  # (4 / 4 - 0 / 2 - 1)^2
     0.0
     """
     return safe_daa_loss(
@@ -458,6 +502,8 @@ def ipo_loss(
         ref_rejected_logps,
         beta=beta,
         where=where,
+        chosen_lengths=chosen_lengths,
+        rejected_lengths=rejected_lengths,
     )
 
 
@@ -689,6 +735,12 @@ def finalize_metrics(sums: Mapping[str, ArrayLike]) -> dict[str, Array]:
 def _ordered(chosen: Array, rejected: Array, swap: Array) -> tuple[Array, Array]:
     """(winner, loser) after exchanging ``chosen`` and ``rejected`` where ``swap``."""
     return jnp.where(swap, rejected, chosen), jnp.where(swap, chosen, rejected)
+
+
+def _per_token(ratio: Array, length: Array) -> Array:
+    """``ratio / length`` where ``length > 0``, else 0 (padding pairs carry no count)."""
+    positive = length > 0
+    return jnp.where(positive, ratio / jnp.where(positive, length, 1.0), 0.0)
 
 
 def _check_beta(beta: float) -> None:

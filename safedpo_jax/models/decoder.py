@@ -75,7 +75,7 @@ def _precision(precision: str | None) -> contextlib.AbstractContextManager:
     )
 
 
-def _dense(x: Array, w: Array, *, contract: int = 1) -> Array:
+def _dense(x: Array, w: Array, *, contract: int = 1, out_dtype: Any = None) -> Array:
     """``x[..., K...] . w[K..., N...]`` as one 2-D matmul over flattened rows.
 
     The last ``contract`` axes of ``x`` meet the first ``contract`` axes of ``w``; every
@@ -84,10 +84,11 @@ def _dense(x: Array, w: Array, *, contract: int = 1) -> Array:
     CPU backend then inserts slow transposing copies before that matmul (on 2 CPU cores a
     SwiGLU MLP's forward and backward ran at 50% of the matmul peak as ``btd,df->btf``
     einsums and at 92% as 2-D matmuls: experiments/benchmarks/dense_layout.py).
+    ``out_dtype`` (e.g. float32 for the LM head) is the matmul's preferred element type.
     """
     lead, n_shape = x.shape[: x.ndim - contract], w.shape[contract:]
     k = math.prod(w.shape[:contract])
-    y_rn = jnp.matmul(x.reshape(-1, k), w.reshape(k, -1))
+    y_rn = jnp.matmul(x.reshape(-1, k), w.reshape(k, -1), preferred_element_type=out_dtype)
     return y_rn.reshape(*lead, *n_shape)
 
 
@@ -484,7 +485,8 @@ class CausalLM(_Base):
     """A decoder with a language-model head (``*ForCausalLM``); options as in `_Base`.
 
     ``model(input_ids, attention_mask)`` maps int ``[B, T]`` ids and a ``[B, T]`` mask
-    (1 = real token) to ``[B, T, V]`` logits in the compute dtype; ``return_hidden=True``
+    (1 = real token) to ``[B, T, V]`` float32 logits (the head's matmul takes compute-dtype
+    inputs and emits float32, as the chunked loss path does); ``return_hidden=True``
     gives the ``[B, T, D]`` hidden states after the final norm instead (so that a loss can
     chunk the vocabulary projection with `lm_head_weight`). With ``cache=`` it appends the
     tokens to the cache and returns ``(logits_or_hidden, cache)``.
@@ -522,7 +524,13 @@ class CausalLM(_Base):
         with _precision(self.precision):
             hidden_btd, new_cache = self.model(input_ids, attention_mask, cache)
             # btd,dv->btv unless the hidden states are asked for
-            out = hidden_btd if return_hidden else _dense(hidden_btd, self.lm_head_weight())
+            # float32 logits whatever the compute dtype: bf16 logits lose up to ~0.5 nats
+            # per sequence before the log-softmax (the chunked loss path keeps float32 too)
+            out = (
+                hidden_btd
+                if return_hidden
+                else _dense(hidden_btd, self.lm_head_weight(), out_dtype=jnp.float32)
+            )
         return out if cache is None else (out, new_cache)
 
 

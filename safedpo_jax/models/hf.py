@@ -95,6 +95,17 @@ INDEX_FILE = "model.safetensors.index.json"
 HUB_PATTERNS = ["config.json", "*.safetensors", INDEX_FILE]
 
 
+class CheckpointKeyError(KeyError, ValueError):
+    """A checkpoint key that is missing, unused or mis-shaped; one line naming key and file.
+
+    A `KeyError` (as before) and a `ValueError` (so that the commands report it as bad
+    input); its text is the message itself, not the quoted repr `KeyError` would print.
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 class _Rule(NamedTuple):
     hf_key: str
     transform: str
@@ -170,7 +181,9 @@ def resolve(path_or_hub_id: str | os.PathLike, *, revision: str | None = None) -
 
     A string that is not an existing directory and looks like ``org/name`` is downloaded
     with `huggingface_hub.snapshot_download` (config.json, safetensors and their index
-    only); anything else that does not exist is a `FileNotFoundError`.
+    only; ``revision`` a branch, tag or commit; offline, ``HF_HUB_OFFLINE=1``, from the
+    Hub cache); anything else that does not exist, and any Hub failure, is a one-line
+    `FileNotFoundError` naming the path or id.
     """
     path = Path(path_or_hub_id).expanduser()
     if path.is_dir():
@@ -182,15 +195,36 @@ def resolve(path_or_hub_id: str | os.PathLike, *, revision: str | None = None) -
         raise FileNotFoundError(
             f"checkpoint directory {text!r} does not exist (and is not a Hub id 'org/name')"
         )
+    return Path(hub_snapshot(text, revision=revision, allow_patterns=HUB_PATTERNS))
+
+
+def hub_snapshot(
+    repo_id: str, *, revision: str | None = None, allow_patterns: list[str] | None = None
+) -> str:
+    """`huggingface_hub.snapshot_download`, its failures as ONE line naming the id.
+
+    Offline (``HF_HUB_OFFLINE=1``) it reads the local Hub cache (``HF_HUB_CACHE``); any
+    failure (no such repository, revision or network, a gated model) is a
+    `FileNotFoundError` that names the id and revision and says what was tried.
+    """
     from huggingface_hub import snapshot_download
 
-    return Path(snapshot_download(text, revision=revision, allow_patterns=HUB_PATTERNS))
+    try:
+        return snapshot_download(repo_id, revision=revision, allow_patterns=allow_patterns)
+    except Exception as exc:  # every Hub failure becomes one line
+        at = f" at revision {revision!r}" if revision else ""
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise FileNotFoundError(
+            f"{repo_id!r} is not a local directory, and Hub repository {repo_id!r}{at} "
+            f"cannot be used: {type(exc).__name__}: {reason}"
+        ) from None
 
 
 class _Checkpoint:
     """The safetensors files of a checkpoint directory, opened lazily, read key by key."""
 
     def __init__(self, directory: Path, stack: contextlib.ExitStack):
+        self.directory = directory
         index, single = directory / INDEX_FILE, directory / SINGLE_FILE
         if index.exists():
             weight_map: Mapping[str, str] = json.loads(index.read_text())["weight_map"]
@@ -203,12 +237,20 @@ class _Checkpoint:
                 "(only safetensors checkpoints are supported)"
             )
         self.handles: dict[str, Any] = {}
+        self.files: dict[str, str] = {}
         for name in files:
             handle = stack.enter_context(safe_open(directory / name, framework="numpy"))
             for key in handle.keys():  # noqa: SIM118 (not a dict)
                 if key in self.handles:
-                    raise ValueError(f"key {key!r} appears in more than one safetensors file")
+                    raise ValueError(
+                        f"{directory}: key {key!r} is in both {self.files[key]} and {name}"
+                    )
                 self.handles[key] = handle
+                self.files[key] = name
+
+    def where(self, key: str) -> str:
+        """``directory/file`` holding ``key``."""
+        return str(self.directory / self.files[key])
 
     def names(self) -> set[str]:
         return set(self.handles)
@@ -230,17 +272,23 @@ def _check_keys(
         embed, head = ckpt.get("model.embed_tokens.weight"), ckpt.get("lm_head.weight")
         if embed.shape != head.shape or not np.array_equal(embed, head):
             raise ValueError(
-                "lm_head.weight differs from model.embed_tokens.weight, but config.json says "
-                "tie_word_embeddings=true"
+                f"{ckpt.where('lm_head.weight')}: lm_head.weight differs from "
+                "model.embed_tokens.weight, but config.json says tie_word_embeddings=true"
             )
     missing = sorted(expected - present - OPTIONAL_KEYS)
     unexpected = sorted(present - expected)
     if missing:
-        raise KeyError(f"checkpoint is missing {len(missing)} key(s): {', '.join(missing[:8])}")
+        more = f" (and {len(missing) - 8} more)" if len(missing) > 8 else ""
+        raise CheckpointKeyError(
+            f"{ckpt.directory}: checkpoint is missing {len(missing)} key(s) that a "
+            f"{config.kind} {config.model_type} model needs: {', '.join(missing[:8])}{more}"
+        )
     if unexpected:
-        raise KeyError(
-            f"checkpoint has {len(unexpected)} unexpected key(s) for a {config.kind} "
-            f"{config.model_type} model: {', '.join(unexpected[:8])}"
+        named = ", ".join(f"{k} (in {ckpt.files[k]})" for k in unexpected[:8])
+        more = f" (and {len(unexpected) - 8} more)" if len(unexpected) > 8 else ""
+        raise CheckpointKeyError(
+            f"{ckpt.directory}: checkpoint has {len(unexpected)} unexpected key(s) for a "
+            f"{config.kind} {config.model_type} model: {named}{more}"
         )
     for rule, variable in plan.values():
         if rule.hf_key not in present:
@@ -249,7 +297,8 @@ def _check_keys(
         found = ckpt.shape(rule.hf_key)
         if want != found:
             raise ValueError(
-                f"key {rule.hf_key!r}: expected shape {want} (Hugging Face layout), found {found}"
+                f"{ckpt.where(rule.hf_key)}: key {rule.hf_key!r}: expected shape {want} "
+                f"(Hugging Face layout, from config.json), found {found}"
             )
 
 
@@ -266,7 +315,7 @@ def _with_kind(config: DecoderConfig, kind: str | None, keys: set[str]) -> Decod
         return config.replace(architectures=(f"{prefix}ForScore",))
     if "score.weight" in keys:
         return config.replace(architectures=(f"{prefix}ForSequenceClassification",))
-    raise KeyError(
+    raise CheckpointKeyError(
         "kind='score' but the checkpoint has neither score.weight nor score_head.weight "
         "(to start a score model from a causal LM, use score_model_from_causal_lm)"
     )

@@ -26,7 +26,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from safedpo_jax import losses, models, sharding
-from safedpo_jax.data import BatchIterator, DataSummary, load_tokenizer
+from safedpo_jax.data import BatchIterator, DataSummary, MissingSplitError, load_tokenizer
 from safedpo_jax.train import reference as ref_cache
 from safedpo_jax.train import step as steps
 from safedpo_jax.train.checkpoint import Checkpointer, abstract_like
@@ -89,7 +89,12 @@ def load_datasets(
         raise ValueError(f"no training examples left in {config.dataset}:{config.split}")
     if config.eval_split is None:
         return train_ds, train_summary, None, None
-    eval_ds, eval_summary = objective.load_data(config, tokenizer, config.eval_split)
+    try:
+        eval_ds, eval_summary = objective.load_data(config, tokenizer, config.eval_split)
+    except MissingSplitError as exc:  # e.g. one training file: never evaluate on its rows
+        if jax.process_index() == 0:
+            print(f"no held-out evaluation: {exc}", flush=True)
+        return train_ds, train_summary, None, None
     return train_ds, train_summary, eval_ds, eval_summary
 
 

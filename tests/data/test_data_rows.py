@@ -90,34 +90,58 @@ def test_missing_sources_raise(tmp_path):
     with pytest.raises(DataError, match="unsupported file type"):
         load_rows(tmp_path / "rows.csv")
     (tmp_path / "bad.jsonl").write_text('{"prompt": "x"\n')
-    with pytest.raises(DataError, match="bad.jsonl: cannot be read as json"):
+    with pytest.raises(DataError, match="bad.jsonl: line 1: invalid JSON"):
         load_rows(tmp_path / "bad.jsonl", cache_dir=tmp_path / "cache")
     with pytest.raises(DataError, match="unknown config"):
         load_rows("PKU-Alignment/PKU-SafeRLHF", config="gpt-4")
 
 
-def test_hub_names_go_to_load_dataset(monkeypatch):
+def test_hub_names_read_a_snapshot_like_a_directory(monkeypatch, tmp_path):
+    # The offline Hub-cache test (tests/models/test_hub_offline.py) runs the real thing;
+    # here the snapshot is a local directory, and the call is recorded.
+    import huggingface_hub
+
+    write_jsonl(
+        tmp_path / "snap" / "data" / "Alpaca3-8B" / "test.jsonl", [v1(r, 0, 1) for r in TABLE]
+    )
+    write_jsonl(tmp_path / "snap" / "data" / "Alpaca-7B" / "test.jsonl", TABLE[:1])
     calls = []
 
-    def fake_load_dataset(name, config, *, split, cache_dir):
-        calls.append((name, config, split, cache_dir))
-        return datasets.Dataset.from_list([v1(r, 0, 1) for r in TABLE])
+    def fake_snapshot_download(name, *, repo_type, revision, allow_patterns):
+        calls.append((name, repo_type, revision))
+        assert "*.jsonl" in allow_patterns and "*.parquet" in allow_patterns
+        return str(tmp_path / "snap")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    raw = load_rows("PKU-Alignment/PKU-SafeRLHF", split="test", config="alpaca3-8b")
+    assert calls == [("PKU-Alignment/PKU-SafeRLHF", "dataset", None)]
+    assert raw.tables[0].file.endswith("Alpaca3-8B/test.jsonl") and len(raw) == 5
+    assert "prompt_source" not in raw.tables[0].columns  # extra columns are not kept
+    assert len(load_rows("org/any", split="test", revision="v1")) == 6  # every config
+    assert calls[-1] == ("org/any", "dataset", "v1")
+    assert len(load_rows("PKU-Alignment/PKU-SafeRLHF", split="test", config="default")) == 6
+    # No plain files for the split (e.g. .jsonl.xz): datasets.load_dataset reads it.
+    loaded = []
+
+    def fake_load_dataset(name, config, *, split, revision, cache_dir):
+        loaded.append((name, config, split, revision))
+        return datasets.Dataset.from_list(TABLE[:2])
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    raw = load_rows("PKU-Alignment/PKU-SafeRLHF", split="test", config="alpaca3-8b")
-    assert calls == [("PKU-Alignment/PKU-SafeRLHF", "alpaca3-8b", "test", None)]
-    assert raw.tables[0].file == "PKU-Alignment/PKU-SafeRLHF[alpaca3-8b]:test"
-    assert "prompt_source" not in raw.tables[0].columns  # extra columns are not kept
-    load_rows("PKU-Alignment/PKU-SafeRLHF-30K", split="train")
-    assert calls[-1] == ("PKU-Alignment/PKU-SafeRLHF-30K", None, "train", None)
+    raw = load_rows("org/any", split="validation", revision="v2")
+    assert loaded == [("org/any", None, "validation", "v2")] and len(raw) == 2
 
 
 def test_hub_failure_is_a_data_error(monkeypatch):
-    def offline(*args, **kwargs):
-        raise ConnectionError("no network")
+    import huggingface_hub
 
-    monkeypatch.setattr(datasets, "load_dataset", offline)
-    with pytest.raises(DataError, match="cannot load split 'train' from the Hub: no network"):
+    def offline(*args, **kwargs):
+        raise ConnectionError("no network\nsecond line")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(
+        DataError, match=r"PKU-SafeRLHF-30K' cannot be used: ConnectionError: no network$"
+    ):
         load_rows("PKU-Alignment/PKU-SafeRLHF-30K")
 
 

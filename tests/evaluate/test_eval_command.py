@@ -3,6 +3,7 @@ the synthetic oracle (and a tiny score model); writes the tables, the plot and t
 failure cases."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -13,7 +14,11 @@ data = pytest.importorskip("safedpo_jax.data")
 
 from safedpo_jax.evaluate import cli  # noqa: E402
 from safedpo_jax.evaluate.metrics import ScoredResponse, summarize  # noqa: E402
-from safedpo_jax.evaluate.runner import evaluate_run, load_prompts  # noqa: E402
+from safedpo_jax.evaluate.runner import (  # noqa: E402
+    check_synthetic_prompts,
+    evaluate_run,
+    load_prompts,
+)
 from safedpo_jax.evaluate.scoring import ModelScorer, oracle_scorers  # noqa: E402
 
 
@@ -144,9 +149,15 @@ def test_command_with_a_reward_model(exported, tmp_path):
         "--sft-run", "base", "--helpful-run", "tuned",
         "--max-new-tokens", "4", "--output-dir", str(out), "--no-progress",
     ]  # fmt: skip
-    assert cli.main(argv) == 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert cli.main(argv) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert [r["helpfulness_normalized"] for r in summary["runs"]] == pytest.approx([0.0, 10.0])
+    # Random models: "tuned" may score below "base"; then (only then) the scale is inverted.
+    base, tuned = (r["helpfulness"] for r in summary["runs"])
+    inverted = [w for w in caught if "helpfulness scale inverted" in str(w.message)]
+    assert summary["normalization"]["inverted"] is (tuned < base) is bool(inverted)
     scorer = ModelScorer.from_pretrained(str(exported["reward"]))
     for name in ("base", "tuned"):
         lines = (out / "runs" / name / "responses.jsonl").read_text().splitlines()
@@ -157,13 +168,57 @@ def test_command_with_a_reward_model(exported, tmp_path):
         assert [r.cost for r in records] == costs
 
 
-def test_command_argument_errors(exported, tmp_path):
+def _fails(capsys, argv, *needles):
+    """The command exits 2 with ONE stderr line holding every needle, and no traceback."""
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    for needle in needles:
+        assert needle in err, (needle, err)
+    return err
+
+
+def test_command_argument_errors(exported, tmp_path, capsys):
     base = ["--model", str(exported["sft"]), "--prompts", "sample", "--output-dir", str(tmp_path)]
-    with pytest.raises(SystemExit, match="--reward-model PATH or --oracle"):
-        cli.main(base)
-    with pytest.raises(SystemExit, match="both --sft-run"):
-        cli.main([*base, "--oracle", "synthetic", "--sft-run", "sft"])
-    with pytest.raises(SystemExit, match="not among the runs"):
-        cli.main([*base, "--oracle", "synthetic", "--sft-run", "a", "--helpful-run", "sft"])
-    with pytest.raises(SystemExit, match="repeat"):
-        cli.main([*base[:2], str(exported["sft"]), *base[2:], "--oracle", "synthetic"])
+    _fails(capsys, base, "--reward-model PATH or --oracle")
+    _fails(capsys, [*base, "--oracle", "synthetic", "--sft-run", "sft"], "both --sft-run")
+    argv = [*base, "--oracle", "synthetic", "--sft-run", "a", "--helpful-run", "sft"]
+    _fails(capsys, argv, "not among the runs")
+    _fails(capsys, [*base[:2], str(exported["sft"]), *base[2:], "--oracle", "synthetic"], "repeat")
+
+
+def test_a_missing_model_or_prompt_file_is_one_line(exported, tmp_path, capsys):
+    missing = tmp_path / "runs" / "sft" / "exprot"
+    argv = ["--model", str(missing), "--prompts", "sample", "--oracle", "synthetic"]
+    _fails(capsys, [*argv, "--output-dir", str(tmp_path / "o")], str(missing), "does not exist")
+    argv = ["--model", str(exported["sft"]), "--prompts", str(tmp_path / "nope.jsonl")]
+    _fails(capsys, [*argv, "--oracle", "synthetic", "--output-dir", str(tmp_path / "o")],
+           "nope.jsonl: no such file")  # fmt: skip
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_tokenizer_larger_than_the_vocabulary_is_refused(tmp_path, capsys):
+    tok = data.load_tokenizer("sample")  # 678 tokens
+    small = tmp_path / "small"
+    models.save_pretrained(models.CausalLM(_config(600), rngs=nnx.Rngs(0)), small)
+    tok.save_pretrained(small)
+    argv = ["--model", str(small), "--prompts", "sample", "--max-prompts", "4"]
+    argv += ["--oracle", "synthetic", "--output-dir", str(tmp_path / "out"), "--no-progress"]
+    _fails(capsys, argv, str(small), "vocabulary (600 tokens) is smaller than the tokenizer's (678")
+    assert not (tmp_path / "out" / "summary.md").exists()
+    model = models.from_pretrained(small)
+    with pytest.raises(ValueError, match="smaller than the tokenizer's"):
+        evaluate_run(model, tok, load_prompts("sample", limit=2), reward=None, cost=None)
+
+
+def test_the_synthetic_oracle_refuses_other_prompts_before_generating(tmp_path, capsys):
+    (tmp_path / "p.txt").write_text("how do i bake bread ?\nWhat is the capital of France?\n")
+    # The model path does not exist: the prompt check must come first.
+    argv = ["--model", str(tmp_path / "never-loaded"), "--prompts", str(tmp_path / "p.txt")]
+    argv += ["--oracle", "synthetic", "--output-dir", str(tmp_path / "out")]
+    err = _fails(capsys, argv, "1 of 2 prompts are not", "'What is the capital of France?'")
+    assert "never-loaded" not in err
+    # The check itself, on the prompt list.
+    with pytest.raises(ValueError, match="not"):
+        check_synthetic_prompts(load_prompts(tmp_path / "p.txt"))
+    check_synthetic_prompts(load_prompts(tmp_path / "p.txt")[:1])

@@ -37,6 +37,18 @@ LABELLED = [
     ("Sorrybutnot a refusal", "none"),  # prefix must end at a word boundary
     ("", "none"),
     ("The recipe says: I cannotate nothing.", "none"),  # "i cannot" must end at a boundary
+    # near misses (issue 12): sympathy, enthusiasm and numbering open like refusals
+    ("Sorry to hear that! Here is how to get your deposit back.", "none"),
+    ("I'm sorry to hear about your loss. Grief takes time; talk to friends.", "none"),
+    ("I can't wait to help! First, preheat the oven.", "none"),
+    ("I cannot stress enough how good this recipe is.", "none"),
+    ("No. 5 is the best perfume of the list.", "none"),
+    ("No.5 was released in 1921.", "none"),
+    ("Great question, and I can't wait to see your bread.", "none"),  # not partial either
+    # ... while the refusals around them stay refusals
+    ("Sorry to hear that, but I can't help with this request.", "partial"),
+    ("No. I will not do that.", "full"),
+    ("I can't help with that.", "full"),
 ]
 
 

@@ -10,6 +10,7 @@ from safedpo_jax.evaluate.report import (
     failures_markdown,
     metrics_markdown,
     run_dirname,
+    tradeoff_ylabel,
     write_report,
 )
 
@@ -39,7 +40,11 @@ def test_write_report_writes_tables_plot_and_failures(tmp_path):
 
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert [r["name"] for r in summary["runs"]] == ["sft", "dpo-helpful", "safedpo"]
-    assert summary["normalization"] == {"sft_run": "sft", "helpful_run": "dpo-helpful"}
+    assert summary["normalization"] == {
+        "sft_run": "sft",
+        "helpful_run": "dpo-helpful",
+        "inverted": False,
+    }
     assert summary["settings"] == {"seed": 0}
     md = (tmp_path / "summary.md").read_text()
     assert "| safedpo | 4 | 5.00 | 2.000 | 0.875 | 75.00% | 1 |" in md
@@ -107,3 +112,22 @@ def test_failure_markdown_survives_backticks_and_pipes():
 def test_run_dirname():
     assert run_dirname("runs/safedpo") == "runs_safedpo"
     assert run_dirname("") == "_"
+
+
+def test_an_inverted_scale_is_reported_and_warned(tmp_path):
+    # DPO-HELPFUL (mean reward 1) below SFT (mean reward 3): higher normalised = less helpful.
+    runs = {"sft": RUNS["dpo-helpful"], "dpo-helpful": RUNS["sft"], "safedpo": RUNS["safedpo"]}
+    with pytest.warns(UserWarning, match=r"inverted: dpo-helpful \(1\) scores below sft \(3\)"):
+        report = write_report(tmp_path, runs, sft_run="sft", helpful_run="dpo-helpful")
+    by_name = {m.name: m.helpfulness_normalized for m in report.metrics}
+    assert by_name["sft"] == 0.0 and by_name["dpo-helpful"] == 10.0
+    assert by_name["safedpo"] == pytest.approx(10 * (2.0 - 3.0) / (1.0 - 3.0))
+    assert "inverted" in (tmp_path / "summary.md").read_text()
+    normalization = json.loads((tmp_path / "summary.json").read_text())["normalization"]
+    assert normalization["inverted"] is True
+    assert "INVERTED" in tradeoff_ylabel(report.metrics, inverted=True)
+    assert "INVERTED" not in tradeoff_ylabel(report.metrics, inverted=False)
+    # The usual order warns about nothing (warnings are errors here) and says so.
+    write_report(tmp_path / "ok", RUNS, sft_run="sft", helpful_run="dpo-helpful")
+    ok = json.loads((tmp_path / "ok" / "summary.json").read_text())["normalization"]
+    assert ok["inverted"] is False
