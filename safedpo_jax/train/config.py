@@ -76,6 +76,8 @@ class TrainConfig:
         "better", "safer" or "safe".
       loss: one of `LOSSES`, the direct-alignment link (SafeDAA for ``pairs="safedpo"``).
       beta, delta, label_smoothing: the loss hyperparameters (delta only for "safedpo").
+      length_normalize: divide each log-ratio by its completion length (TRL's ``ipo``
+        form; the IPO paper, and the default here, use summed log-probs).
       score_regularization, contradictory, score_layout: reward/cost models ("reward",
         "cost"): the score-magnitude penalty (safe-rlhf: 0.001); contradictory safety
         pairs (safer response unsafe, other safe) dropped and counted, or an error; the
@@ -144,6 +146,7 @@ class TrainConfig:
     beta: float = 0.1
     delta: float = 10.0
     label_smoothing: float = 0.0
+    length_normalize: bool = False
     score_regularization: float = 0.001
     contradictory: Literal["drop", "raise"] = "drop"
     score_layout: ScoreLayout = "safe_rlhf"

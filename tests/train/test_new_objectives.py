@@ -198,3 +198,26 @@ def test_the_config_builds_each_objective_with_its_hyperparameters():
     assert (kto.beta, kto.undesirable_weight) == (0.05, 2.5)
     bfpo = build_objective(tiny(objective="bfpo", beta=0.01, bfpo_b1=4.0))
     assert (bfpo.beta, bfpo.b1, bfpo.alpha) == (0.01, 4.0, 0.5)
+
+
+def test_length_normalised_ipo_divides_by_each_completions_scored_tokens(mesh):
+    """--length-normalize passes TRL's completion lengths (scored tokens) to the kernel."""
+    config = models.DecoderConfig.from_hf(MICRO)
+    policy = models.init_model(config, rngs=nnx.Rngs(0), mesh=mesh)
+    reference = models.init_model(config, rngs=nnx.Rngs(1), mesh=mesh)
+    b = batch()
+    args = (b.input_ids, b.attention_mask, b.loss_mask)
+    p = np.asarray(logprobs.sequence_logps(models.Model.split(policy), *args), np.float64)
+    r = np.asarray(logprobs.sequence_logps(models.Model.split(reference), *args), np.float64)
+    lengths = np.asarray(b.loss_mask)[..., 1:].sum(-1)  # the targets that are scored
+    beta = 0.1
+    gap = (p[:, 0] - r[:, 0]) / lengths[:, 0] - (p[:, 1] - r[:, 1]) / lengths[:, 1]
+    want = np.mean((gap - 1 / (2 * beta)) ** 2)  # IPO on TRL's per-token log-ratios
+    objective = build_objective(tiny(pairs="helpful", loss="ipo", beta=beta, length_normalize=True))
+    metrics = first_step(tiny(), objective, policy, mesh, b, reference)
+    np.testing.assert_allclose(metrics["loss"], want, rtol=1e-5)
+    summed = build_objective(tiny(pairs="helpful", loss="ipo", beta=beta))
+    assert not summed.length_normalize
+    policy = models.init_model(config, rngs=nnx.Rngs(0), mesh=mesh)  # the step donated it
+    plain = first_step(tiny(), summed, policy, mesh, b, reference)["loss"]
+    assert abs(plain - want) > 1e-3 * want  # the summed form differs on these lengths

@@ -62,6 +62,8 @@ class PreferenceObjective(ObjectiveDefaults):
     beta, delta, label_smoothing: the loss hyperparameters.
     chunk_size: `safedpo_jax.logprobs.sequence_logps`'s log-prob path (None = automatic).
     keep_both_unsafe: keep both-unsafe pairs in the batches (the kernel zeroes them).
+    length_normalize: divide each log-ratio by its completion's token count, as TRL's
+      ``ipo`` does (the IPO paper and this library's default use summed log-probs).
 
     The mean is over kept pairs of the global batch (valid and, when safe, not dropped by T).
     """
@@ -75,6 +77,7 @@ class PreferenceObjective(ObjectiveDefaults):
     label_smoothing: float = 0.0
     chunk_size: int | None = None
     keep_both_unsafe: bool = False
+    length_normalize: bool = False
 
     def __post_init__(self) -> None:
         if self.link not in LINKS:
@@ -88,7 +91,14 @@ class PreferenceObjective(ObjectiveDefaults):
     def uses_reference(self) -> bool:
         return True
 
-    def kernel(self, policy_logps: Array, ref_logps: Array, unsafe: Array, valid: Array):
+    def kernel(
+        self,
+        policy_logps: Array,
+        ref_logps: Array,
+        unsafe: Array,
+        valid: Array,
+        lengths: Array | None = None,
+    ):
         """`losses.safe_daa_loss` on ``[B, 2]`` log-probs (labels and margin only when safe)."""
         return losses.safe_daa_loss(
             LINKS[self.link](self),
@@ -101,6 +111,8 @@ class PreferenceObjective(ObjectiveDefaults):
             beta=self.beta,
             delta=self.delta if self.safe else 0.0,
             where=valid,
+            chosen_lengths=None if lengths is None else lengths[:, 0],
+            rejected_lengths=None if lengths is None else lengths[:, 1],
         )
 
     def denominator(self, batch: StepBatch) -> Array:
@@ -118,7 +130,10 @@ class PreferenceObjective(ObjectiveDefaults):
         of ``reference`` (no gradient flows into it).
         """
         policy_logps, ref_logps = pair_logps(policy, reference, batch, self.chunk_size)
-        return self.kernel(policy_logps, ref_logps, batch.unsafe, batch.valid)
+        # TRL's length-normalised form: each log-ratio over its completion's token count
+        # (the response and EOS: the loss-mask positions that are scored).
+        lengths = jnp.sum(batch.loss_mask[..., 1:], axis=-1) if self.length_normalize else None
+        return self.kernel(policy_logps, ref_logps, batch.unsafe, batch.valid, lengths)
 
     def sums(
         self, policy: Model, reference: Model | None, batch: StepBatch
@@ -149,6 +164,7 @@ def build(config: TrainConfig) -> PreferenceObjective:
         label_smoothing=config.label_smoothing,
         chunk_size=config.logprob_chunk_size,
         keep_both_unsafe=config.keep_both_unsafe,
+        length_normalize=config.length_normalize,
     )
 
 
