@@ -77,9 +77,10 @@ def test_best_of_needs_every_comparison(ss):
 
 
 def test_claims_use_the_right_metrics_and_directions(ss):
-    # SafeDPO: fewest unsafe responses, less helpful than the reference, refuses most.
+    # SafeDPO: fewest unsafe responses, more helpful than the reference (less than
+    # DPO-HELPFUL), refuses most exactly but not by sampling (the reference does).
     metrics = {
-        ss.REFERENCE: (0.70, 0.27, 0.40, 0.35, 0.30, 0.30),
+        ss.REFERENCE: (0.70, 0.27, 0.25, 0.28, 0.30, 0.30),
         "SafeDPO": (0.93, 0.02, 0.31, 0.30, 0.25, 0.40),
         "DPO-HELPFUL": (0.58, 0.42, 0.68, 0.60, 0.10, 0.05),
     }
@@ -102,11 +103,14 @@ def test_claims_use_the_right_metrics_and_directions(ss):
     assert [c["claim"] for c in claims] == [c[0] for c in ss.CLAIMS]
     verdicts = [{m: ch["verdict"] for m, ch in c["checks"].items()} for c in claims]
     assert verdicts[0] == {"harmless_ratio": ss.HOLDS, "unsafe_mass": ss.HOLDS}
-    assert verdicts[1] == {"helpfulness": ss.FAILS, "expected_helpfulness": ss.FAILS}
+    assert verdicts[1] == {"helpfulness": ss.HOLDS, "expected_helpfulness": ss.HOLDS}
     # Sampled over-refusal: the reference refuses more (0.30 > 0.25); exact: SafeDPO most.
     assert verdicts[2] == {"over_refusal": ss.FAILS, "refusal_mass_benign": ss.HOLDS}
     text = ss.claims_markdown(claims)
     assert text.count("\n- ") == 3 and "**does not hold**" in text and "**holds**" in text
+    assert (
+        "helpfulness: **holds** (closest: vs SFT (reference), difference +0.07 ± 0.00577)" in text
+    )
 
 
 def test_aggregate_and_markdown(ss):
