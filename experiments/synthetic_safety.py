@@ -457,8 +457,16 @@ def check_claims(per_seed: Mapping[int, Mapping[str, Mapping[str, Any]]]) -> lis
 
 
 def claims_markdown(claims: list[dict[str, Any]]) -> str:
-    """The claims as a list: the verdict on each metric, with the closest comparison."""
-    lines = ["Claims of the paper (difference within 2 standard errors: within noise):", ""]
+    """The claims as a list: the verdict on each metric, with the closest comparison.
+
+    The margin is SafeDPO's advantage (its value minus the other's, or the other's minus
+    its value where lower is better), mean ± SE over the seeds.
+    """
+    lines = [
+        "Claims of the paper (margin = SafeDPO's advantage, mean ± SE over seeds; within 2 SE"
+        " of zero: within noise):",
+        "",
+    ]
     for c in claims:
         parts = []
         for metric, check in c["checks"].items():
@@ -468,7 +476,7 @@ def claims_markdown(claims: list[dict[str, Any]]) -> str:
             se = "" if tight["se"] is None else f" ± {tight['se']:.3g}"
             parts.append(
                 f"{metric}: **{check['verdict']}** (closest: vs {tight['b']}, "
-                f"difference {tight['mean']:+.3g}{se})"
+                f"margin for SafeDPO {tight['mean']:+.3g}{se})"
             )
         lines.append(f"- {c['claim']}: " + "; ".join(parts))
     return "\n".join(lines) + "\n"

@@ -109,7 +109,8 @@ def test_claims_use_the_right_metrics_and_directions(ss):
     text = ss.claims_markdown(claims)
     assert text.count("\n- ") == 3 and "**does not hold**" in text and "**holds**" in text
     assert (
-        "helpfulness: **holds** (closest: vs SFT (reference), difference +0.07 ± 0.00577)" in text
+        "helpfulness: **holds** (closest: vs SFT (reference), margin for SafeDPO +0.07 ± 0.00577)"
+        in text
     )
 
 
