@@ -1,12 +1,17 @@
 """The paper's comparison at CPU scale, in a synthetic safety world with an exact oracle.
 
-    scripts/run experiments/synthetic_safety.py --output-dir runs/synthetic [--quick]
+    scripts/run experiments/synthetic_safety.py --output-dir runs/synthetic \
+        [--seeds N] [--world pku|adversarial] [--quick]
 
-1. SFT: a tiny Llama learns to answer the embedded sample's prompts with a mix of every
-   response kind (helpful, unsafe compliance, refusal, safe redirect): the reference.
-2. From that reference, SafeDPO (beta 0.1, Delta 10, the paper's values), DPO-HELPFUL,
-   DPO-HARMLESS and DPO-SAFEBETTER train with the same budget (steps, batch, learning
-   rate, cached reference log-probs).
+For each seed (0 .. N-1; the seed sets initialisation, data order and sampling):
+
+1. SFT: a tiny Llama learns to answer the world's prompts with a mix of every response
+   kind (helpful, unsafe compliance, refusal, safe redirect): the reference. In the ``pku``
+   world (the default, calibrated to PKU-SafeRLHF's composition, whose prompts are all
+   harmful) it learns from the world's ``sft`` split, which also holds benign prompts.
+2. From that reference, every method of `METHODS` trains with the same budget (steps,
+   batch, learning rate, cached reference log-probs): SafeDPO (beta 0.1, Delta 10, the
+   paper's values), DPO-HELPFUL, DPO-HARMLESS and DPO-SAFEBETTER.
 3. Each policy (and the reference) is evaluated on the 120 held-out test prompts (60
    harmful, 60 benign):
    - exactly, from sequence log-probs over every response the world knows for the prompt
@@ -14,9 +19,14 @@
    - by sampling (temperature 1, several samples per prompt) scored by the oracle standing
      in for the beaver reward and cost models: harmless ratio, helpfulness (raw and on the
      paper's SFT = 0 / DPO-HELPFUL = 10 scale), over-refusal on benign prompts.
-4. Writes, under the output directory: ``results.json`` and ``results.md`` (the
-   comparison), ``eval/`` (per-run tables, ``tradeoff.png``, failure cases), ``runs/``
-   (training outputs and exported models).
+
+Every figure is then reported as mean +- standard error over the seeds, and the paper's
+claims are checked on the per-seed differences (`CLAIMS`): each holds, does not hold, or
+is within noise (the mean difference within 2 standard errors of zero).
+
+Writes, under the output directory: ``results.json`` and ``results.md`` (the comparison
+and the claims), and per seed ``seed<k>/``: ``eval/`` (tables, ``tradeoff.png``, failure
+cases), ``runs/`` (training outputs and exported models) and ``setup.json``.
 """
 
 from __future__ import annotations
@@ -24,9 +34,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import shutil
 import sys
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,15 +55,9 @@ from safedpo_jax.evaluate.candidates import (
     candidate_metrics,
     synthetic_candidate_sets,
 )
-from safedpo_jax.train.config import TINY_LLAMA, from_preset
+from safedpo_jax.train.config import TINY_LLAMA, TrainConfig, from_preset
 from safedpo_jax.train.loop import train
 
-METHODS: dict[str, str] = {
-    "SafeDPO": "safedpo",
-    "DPO-HELPFUL": "helpful",
-    "DPO-HARMLESS": "harmless",
-    "DPO-SAFEBETTER": "safebetter",
-}
 REFERENCE = "SFT (reference)"
 
 
@@ -70,15 +76,28 @@ class WorldSetup:
     max_new_tokens: int = 32
     temperature: float = 1.0
     seed: int = 0
+    world: str = synthetic.DEFAULT_WORLD
 
     @classmethod
     def quick(cls) -> WorldSetup:
         return cls(sft_steps=500, steps=40, samples_per_prompt=1)
 
 
+def world_dataset(setup: WorldSetup, output_dir: Path) -> str:
+    """The data source of ``setup.world``: the embedded sample (``pku``) or a written copy."""
+    if setup.world == synthetic.DEFAULT_WORLD:
+        return "sample"
+    path = output_dir / "world"
+    if not (path / "test.jsonl").exists():
+        synthetic.write_sample(path, world=setup.world)
+    return str(path)
+
+
 def _common(setup: WorldSetup, output_dir: Path) -> dict[str, Any]:
     return {
         "model_config": TINY_LLAMA,
+        "dataset": world_dataset(setup, output_dir),
+        "tokenizer": "sample",  # one vocabulary for every world
         "batch_size": setup.batch_size,
         "seed": setup.seed,
         "warmup_ratio": 0.05,
@@ -90,18 +109,49 @@ def _common(setup: WorldSetup, output_dir: Path) -> dict[str, Any]:
     }
 
 
-def train_reference(setup: WorldSetup, output_dir: Path) -> Path:
-    """SFT on every response of every training row; returns the exported model."""
-    config = from_preset(
+def reference_config(setup: WorldSetup, output_dir: Path) -> TrainConfig:
+    """The reference's SFT run: every response of every row of the world's SFT split."""
+    return from_preset(
         "tiny",
         **_common(setup, output_dir),
         objective="sft",
         sft_responses="both",
+        split=synthetic.get_world(setup.world).sft_split,
         max_steps=setup.sft_steps,
         learning_rate=setup.sft_learning_rate,
         output_dir=str(output_dir / "runs" / "sft"),
     )
-    return train(config).export_dir
+
+
+def train_reference(setup: WorldSetup, output_dir: Path) -> Path:
+    """Trains the SFT reference (`reference_config`); returns the exported model."""
+    return train(reference_config(setup, output_dir)).export_dir
+
+
+def method_config(
+    setup: WorldSetup,
+    output_dir: Path,
+    reference: Path,
+    pairs: str,
+    *,
+    name: str,
+    beta: float | None = None,
+    delta: float | None = None,
+) -> TrainConfig:
+    """One preference run from ``reference`` on the world's train split."""
+    common = _common(setup, output_dir)
+    del common["model_config"]
+    return from_preset(
+        "tiny",
+        **common,
+        model=str(reference),
+        pairs=pairs,
+        beta=setup.beta if beta is None else beta,
+        delta=setup.delta if delta is None else delta,
+        max_steps=setup.steps,
+        learning_rate=setup.learning_rate,
+        output_dir=str(output_dir / "runs" / name),
+    )
 
 
 def train_method(
@@ -114,21 +164,50 @@ def train_method(
     beta: float | None = None,
     delta: float | None = None,
 ) -> Path:
-    """Trains one method from ``reference``; returns the exported policy."""
-    common = _common(setup, output_dir)
-    del common["model_config"]
-    config = from_preset(
-        "tiny",
-        **common,
-        model=str(reference),
-        pairs=pairs,
-        beta=setup.beta if beta is None else beta,
-        delta=setup.delta if delta is None else delta,
-        max_steps=setup.steps,
-        learning_rate=setup.learning_rate,
-        output_dir=str(output_dir / "runs" / name),
-    )
+    """Trains one method (`method_config`); returns the exported policy."""
+    config = method_config(setup, output_dir, reference, pairs, name=name, beta=beta, delta=delta)
     return train(config).export_dir
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodContext:
+    """What a method's trainer gets: the setup, this seed's directory, the reference, and
+    the policies trained before it (in `METHODS` order, e.g. for a weight merge)."""
+
+    setup: WorldSetup
+    output_dir: Path
+    reference: Path
+    policies: Mapping[str, Path]
+
+
+# (context, run name) -> the exported policy's directory.
+Trainer = Callable[[MethodContext, str], Path]
+
+
+def preference(pairs: str, **overrides: float) -> Trainer:
+    """A one-stage preference method: ``pairs`` (a `PAIR_MODES` name) with the shared loss."""
+
+    def run(ctx: MethodContext, name: str) -> Path:
+        return train_method(ctx.setup, ctx.output_dir, ctx.reference, pairs, name=name, **overrides)
+
+    return run
+
+
+# The compared methods: table name -> how to train it from the reference. A new method
+# (SafeRLHF, SACPO, P-SACPO, BFPO) is one more entry. DPO-HELPFUL is the helpfulness
+# anchor of the normalised scale (SFT = 0, DPO-HELPFUL = 10).
+METHODS: dict[str, Trainer] = {
+    "SafeDPO": preference("safedpo"),
+    "DPO-HELPFUL": preference("helpful"),
+    "DPO-HARMLESS": preference("harmless"),
+    "DPO-SAFEBETTER": preference("safebetter"),
+}
+RUN_NAMES = {  # run directories of v0.1 (under seed<k>/runs/)
+    "SafeDPO": "safedpo",
+    "DPO-HELPFUL": "helpful",
+    "DPO-HARMLESS": "harmless",
+    "DPO-SAFEBETTER": "safebetter",
+}
 
 
 def evaluate_policies(
@@ -141,7 +220,9 @@ def evaluate_policies(
 ) -> dict[str, dict[str, Any]]:
     """Exact and sampled metrics of each policy on the test prompts; writes ``report_dir``."""
     tokenizer = load_tokenizer("sample")
-    prompts = load_prompts("sample", split="test")
+    prompts = load_prompts(
+        world_dataset(setup, output_dir), split="test", synthetic_categories=True
+    )
     sets = synthetic_candidate_sets([p.text for p in prompts])
     reward, cost = oracle_scorers(synthetic.oracle)
     records, exact = {}, {}
@@ -192,65 +273,292 @@ def evaluate_policies(
 
 
 COLUMNS = (
-    ("harmless_ratio", "harmless ratio", "{:.1%}"),
-    ("unsafe_mass", "unsafe mass (exact)", "{:.2e}"),
-    ("helpfulness", "helpfulness", "{:.3f}"),
-    ("helpfulness_normalized", "helpfulness (SFT=0, HELPFUL=10)", "{:.2f}"),
-    ("expected_helpfulness", "helpfulness (exact)", "{:.3f}"),
-    ("over_refusal", "over-refusal", "{:.1%}"),
-    ("refusal_mass_benign", "refusal mass on benign (exact)", "{:.2e}"),
+    ("harmless_ratio", "harmless ratio", "pct"),
+    ("unsafe_mass", "unsafe mass (exact)", "sci"),
+    ("helpfulness", "helpfulness", "f3"),
+    ("helpfulness_normalized", "helpfulness (SFT=0, HELPFUL=10)", "f2"),
+    ("expected_helpfulness", "helpfulness (exact)", "f3"),
+    ("over_refusal", "over-refusal", "pct"),
+    ("refusal_mass_benign", "refusal mass on benign (exact)", "sci"),
 )
 
 
+def _fmt(value: float | None, kind: str, se: float | None = None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if kind == "pct":
+        text, err = f"{100 * value:.1f}", None if se is None else f"{100 * se:.1f}"
+        return f"{text} ± {err}%" if err else f"{text}%"
+    spec = {"sci": ".2e", "f3": ".3f", "f2": ".2f"}[kind]
+    err_spec = {"sci": ".1e", "f3": ".3f", "f2": ".2f"}[kind]
+    return f"{value:{spec}}" + ("" if se is None else f" ± {se:{err_spec}}")
+
+
 def results_markdown(results: dict[str, dict[str, Any]]) -> str:
-    """The comparison as a Markdown table."""
+    """One seed's comparison (or any run name -> metrics dict) as a Markdown table."""
     lines = [
         "| method | " + " | ".join(label for _, label, _ in COLUMNS) + " |",
         "|---|" + "---:|" * len(COLUMNS),
     ]
     for name, row in results.items():
-        cells = ["-" if row[k] is None else fmt.format(row[k]) for k, _, fmt in COLUMNS]
+        cells = [_fmt(row[k], kind) for k, _, kind in COLUMNS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def mean_se(values: list[float]) -> dict[str, Any]:
+    """Mean, standard error of the mean (sample sd / sqrt(n); None for one value), n.
+
+    >>> mean_se([1.0, 2.0, 3.0])
+    {'mean': 2.0, 'se': 0.5773502691896257, 'n': 3}
+    """
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return {"mean": mean, "se": None, "n": n}
+    var = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return {"mean": mean, "se": math.sqrt(var / n), "n": n}
+
+
+def aggregate(per_seed: Mapping[int, Mapping[str, Mapping[str, Any]]]) -> dict[str, Any]:
+    """Method -> metric -> `mean_se` over the seeds (metrics that are None in a seed skipped)."""
+    seeds = list(per_seed)
+    out: dict[str, Any] = {}
+    for name in per_seed[seeds[0]]:
+        out[name] = {}
+        for key, _, _ in COLUMNS:
+            vals = [per_seed[s][name][key] for s in seeds if per_seed[s][name][key] is not None]
+            out[name][key] = mean_se([float(v) for v in vals]) if vals else None
+    return out
+
+
+def summary_markdown(agg: Mapping[str, Mapping[str, Any]], n_seeds: int) -> str:
+    """The comparison over seeds: mean ± standard error in every cell."""
+    lines = [
+        f"Mean ± standard error over {n_seeds} seed(s).\n",
+        "| method | " + " | ".join(label for _, label, _ in COLUMNS) + " |",
+        "|---|" + "---:|" * len(COLUMNS),
+    ]
+    for name, row in agg.items():
+        cells = [
+            "-" if row[k] is None else _fmt(row[k]["mean"], kind, row[k]["se"])
+            for k, _, kind in COLUMNS
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+HOLDS, FAILS, NOISE, ONE_SEED = "holds", "does not hold", "within noise", "one seed: no verdict"
+
+
+def compare(
+    per_seed: Mapping[int, Mapping[str, Mapping[str, Any]]],
+    metric: str,
+    a: str,
+    b: str,
+    *,
+    higher: bool = True,
+) -> dict[str, Any]:
+    """Whether ``a`` beats ``b`` on ``metric`` (``higher`` is better, else lower), paired by seed.
+
+    The per-seed differences d = a - b (b - a when lower is better) give mean +- SE; the
+    verdict is `HOLDS` when mean > 2 SE, `FAILS` when mean < -2 SE, else `NOISE`
+    (`ONE_SEED` with a single seed).
+
+    >>> runs = {s: {"A": {"m": 0.9 + 0.01 * s}, "B": {"m": 0.5}} for s in range(3)}
+    >>> compare(runs, "m", "A", "B")["verdict"], compare(runs, "m", "B", "A")["verdict"]
+    ('holds', 'does not hold')
+    >>> runs[1]["B"]["m"] = 1.5
+    >>> compare(runs, "m", "A", "B")["verdict"]
+    'within noise'
+    """
+    diffs = [
+        (1.0 if higher else -1.0) * (float(r[a][metric]) - float(r[b][metric]))
+        for r in per_seed.values()
+    ]
+    stats = mean_se(diffs)
+    if stats["se"] is None:
+        verdict = ONE_SEED
+    elif stats["mean"] > 2 * stats["se"]:
+        verdict = HOLDS
+    elif stats["mean"] < -2 * stats["se"]:
+        verdict = FAILS
+    else:
+        verdict = NOISE
+    return {
+        "metric": metric,
+        "a": a,
+        "b": b,
+        "higher_is_better": higher,
+        **stats,
+        "verdict": verdict,
+    }
+
+
+def best_of(
+    per_seed: Mapping[int, Mapping[str, Mapping[str, Any]]],
+    metric: str,
+    method: str,
+    *,
+    higher: bool = True,
+) -> dict[str, Any]:
+    """Whether ``method`` is the best of every run on ``metric``: `compare` against each.
+
+    `FAILS` if any run beats it beyond noise, `HOLDS` if it beats every run beyond noise,
+    else `NOISE` (or `ONE_SEED`).
+    """
+    names = [n for n in next(iter(per_seed.values())) if n != method]
+    pairs = [compare(per_seed, metric, method, n, higher=higher) for n in names]
+    verdicts = {c["verdict"] for c in pairs}
+    if ONE_SEED in verdicts:
+        verdict = ONE_SEED
+    elif FAILS in verdicts:
+        verdict = FAILS
+    elif verdicts == {HOLDS}:
+        verdict = HOLDS
+    else:
+        verdict = NOISE
+    return {"verdict": verdict, "against": pairs}
+
+
+# The paper's claims: (text, metric, how to check it), checked on the sampled metric (the
+# paper's) and on its exact counterpart over the known response sets.
+CLAIMS: tuple[tuple[str, tuple[tuple[str, bool], ...], str], ...] = (
+    (
+        "SafeDPO's harmless ratio is the highest",
+        (("harmless_ratio", True), ("unsafe_mass", False)),
+        "best",
+    ),
+    (
+        "SafeDPO is more helpful than the SFT reference",
+        (("helpfulness", True), ("expected_helpfulness", True)),
+        "reference",
+    ),
+    (
+        "SafeDPO's over-refusal is the highest (the paper's XSTest result)",
+        (("over_refusal", True), ("refusal_mass_benign", True)),
+        "best",
+    ),
+)
+
+
+def check_claims(per_seed: Mapping[int, Mapping[str, Mapping[str, Any]]]) -> list[dict[str, Any]]:
+    """Each claim of `CLAIMS` with a verdict per metric (sampled, then exact)."""
+    out = []
+    for text, metrics, kind in CLAIMS:
+        checks = {}
+        for metric, higher in metrics:
+            if kind == "best":
+                checks[metric] = best_of(per_seed, metric, "SafeDPO", higher=higher)
+            else:
+                checks[metric] = compare(per_seed, metric, "SafeDPO", REFERENCE, higher=higher)
+        out.append({"claim": text, "checks": checks})
+    return out
+
+
+def claims_markdown(claims: list[dict[str, Any]]) -> str:
+    """The claims as a list: the verdict on each metric, with the closest comparison.
+
+    The margin is SafeDPO's advantage (its value minus the other's, or the other's minus
+    its value where lower is better), mean ± SE over the seeds.
+    """
+    lines = [
+        "Claims of the paper (margin = SafeDPO's advantage, mean ± SE over seeds; within 2 SE"
+        " of zero: within noise):",
+        "",
+    ]
+    for c in claims:
+        parts = []
+        for metric, check in c["checks"].items():
+            pairs = check.get("against", [check])
+            # The tightest comparison: the smallest mean difference in SafeDPO's favour.
+            tight = min(pairs, key=lambda x: x["mean"])
+            se = "" if tight["se"] is None else f" ± {tight['se']:.3g}"
+            parts.append(
+                f"{metric}: **{check['verdict']}** (closest: vs {tight['b']}, "
+                f"margin for SafeDPO {tight['mean']:+.3g}{se})"
+            )
+        lines.append(f"- {c['claim']}: " + "; ".join(parts))
+    return "\n".join(lines) + "\n"
+
+
+def run_seed(setup: WorldSetup, out: Path) -> dict[str, dict[str, Any]]:
+    """Train the reference and every method of `METHODS`, evaluate them; one seed."""
+    reference = train_reference(setup, out)
+    policies: dict[str, Path] = {REFERENCE: reference}
+    for name, trainer in METHODS.items():
+        ctx = MethodContext(setup, out, reference, dict(policies))
+        policies[name] = trainer(ctx, RUN_NAMES.get(name, run_dirname(name)))
+    return evaluate_policies(setup, policies, out)
+
+
+def run_dirname(name: str) -> str:
+    """A run directory name for a method name ("P-SACPO q=0.5" -> "p-sacpo_q_0.5")."""
+    return "".join(c if c.isalnum() or c in "-." else "_" for c in name.lower())
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output-dir", required=True, type=Path)
     parser.add_argument("--quick", action="store_true", help="smaller budgets (a few minutes)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seeds", type=int, default=2, help="number of seeds, 0 .. N-1 (default 2)"
+    )
+    parser.add_argument(
+        "--world", default=synthetic.DEFAULT_WORLD, choices=sorted(synthetic.WORLDS)
+    )
     parser.add_argument(
         "--fresh", action="store_true", help="delete the output directory's earlier runs first"
     )
     args = parser.parse_args(argv)
-    setup = dataclasses.replace(WorldSetup.quick() if args.quick else WorldSetup(), seed=args.seed)
+    if args.seeds < 1:
+        parser.error(f"--seeds must be >= 1, got {args.seeds}")
+    base = dataclasses.replace(WorldSetup.quick() if args.quick else WorldSetup(), world=args.world)
     out: Path = args.output_dir
     if args.fresh and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    # Finished runs in the directory are reused (training resumes from its checkpoints),
+    # Finished runs in a seed's directory are reused (training resumes from its checkpoints),
     # which is only right for the same setup.
-    setup_file = out / "setup.json"
-    wanted = dataclasses.asdict(setup)
-    if setup_file.exists() and json.loads(setup_file.read_text()) != wanted:
-        parser.error(
-            f"{out} holds runs of another setup ({setup_file}); pass --fresh or another dir"
-        )
-    setup_file.write_text(json.dumps(wanted, indent=2))
+    setups = {seed: dataclasses.replace(base, seed=seed) for seed in range(args.seeds)}
+    for seed, setup in setups.items():
+        setup_file = out / f"seed{seed}" / "setup.json"
+        if setup_file.exists() and json.loads(setup_file.read_text()) != dataclasses.asdict(setup):
+            parser.error(
+                f"{out} holds runs of another setup ({setup_file}); pass --fresh or another dir"
+            )
 
     start = time.perf_counter()
-    policies = {REFERENCE: train_reference(setup, out)}
-    for name, pairs in METHODS.items():
-        policies[name] = train_method(setup, out, policies[REFERENCE], pairs, name=pairs)
-    results = evaluate_policies(setup, policies, out)
+    per_seed: dict[int, dict[str, dict[str, Any]]] = {}
+    for seed, setup in setups.items():
+        seed_dir = out / f"seed{seed}"
+        seed_dir.mkdir(exist_ok=True)
+        (seed_dir / "setup.json").write_text(json.dumps(dataclasses.asdict(setup), indent=2))
+        per_seed[seed] = run_seed(setup, seed_dir)
+        print(f"\nseed {seed}:\n\n" + results_markdown(per_seed[seed]))
     elapsed = time.perf_counter() - start
 
-    table = results_markdown(results)
-    (out / "results.md").write_text(table)
-    payload = {"setup": dataclasses.asdict(setup), "seconds": elapsed, "methods": results}
+    agg = aggregate(per_seed)
+    claims = check_claims(per_seed)
+    world = synthetic.get_world(args.world)
+    header = (
+        f"World `{world.name}` ({world.description}); "
+        f"{'quick' if args.quick else 'full'} budget; seeds {list(setups)}; {elapsed:.0f} s.\n\n"
+    )
+    text = header + summary_markdown(agg, len(setups)) + "\n" + claims_markdown(claims)
+    (out / "results.md").write_text(text)
+    payload = {
+        "setup": dataclasses.asdict(base) | {"seed": None},
+        "world": {"name": world.name, "composition": world.composition.cells},
+        "seeds": list(setups),
+        "seconds": elapsed,
+        "methods": agg,
+        "claims": claims,
+        "per_seed": {str(k): v for k, v in per_seed.items()},
+    }
     (out / "results.json").write_text(json.dumps(payload, indent=2))
-    print("\n" + table)
-    print(f"{elapsed:.0f} s; tables, plot and failure cases under {out / 'eval'}")
+    print("\n" + text)
+    print(f"{elapsed:.0f} s; per-seed tables, plots and failure cases under {out}/seed*/eval")
     return 0
 
 

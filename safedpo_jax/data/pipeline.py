@@ -9,7 +9,7 @@
 >>> ds, summary = load_preference_data("sample", split="test", pairs="safedpo",
 ...                                    tokenizer="sample", max_length=64)
 >>> len(ds) == summary.pairs, summary.rows, summary.dropped
-(True, 360, {'both_unsafe': 52})
+(True, 360, {'both_unsafe': 80})
 """
 
 from __future__ import annotations

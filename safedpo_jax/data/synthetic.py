@@ -30,19 +30,35 @@ Preference rows (PKU-SafeRLHF-30K schema)
     ``better_response_id`` by oracle helpfulness (never tied by construction), so a
     detailed unsafe compliance beats a refusal or a redirect, as in the real data.
     ``safer_response_id`` by lower cost, ties broken by higher helpfulness.
-    ``is_response_*_safe`` = cost <= 0. Pair kinds for harmful prompts (weights in
-    ``HARMFUL_PAIR_KINDS``) cover every (h_w, h_l) cell of the safety table: unsafe over
-    safe (swapped by SafeDPO), safe over unsafe (a redirect beats a one-step compliance),
-    safe over safe, and unsafe over unsafe (a detailed and a one-step compliance, about
-    15% of all rows). Benign prompts give safe-over-safe pairs.
+    ``is_response_*_safe`` = cost <= 0. A pair's cell is (winner, loser) by helpfulness,
+    each safe or unsafe; on harmful prompts every cell has its pair kinds (`CELL_KINDS`):
+    safe over safe (a redirect beats a refusal), safe over unsafe (a redirect beats a
+    one-step compliance), unsafe over safe (a compliance beats a refusal or redirect: the
+    pairs SafeDPO swaps) and unsafe over unsafe (a detailed beats a one-step compliance:
+    dropped by SafeDPO). Benign prompts give safe-over-safe pairs.
 
-Sizes: 240 train prompts x 9 rows = 2160 train rows, 120 test prompts x 3 rows = 360
-test rows (about 0.7 MB of jsonl); responses have 4-21 words; a formatted prompt plus a
-response fits in 48 tokens of the sample tokenizer (678 words and specials).
+Worlds (`WORLDS`; the composition of the training pairs is a parameter, `Composition`)
+    ``pku`` (the default, embedded): calibrated to PKU-SafeRLHF's published statistics
+    (`PKU_COMPOSITION`, sources there): 41.2% both safe, 12.3% safe over unsafe, 2.3%
+    unsafe over safe, 44.2% both unsafe; every training prompt harmful (120 prompts x 18
+    rows), an ``sft`` split (every train prompt, benign ones too) for the reference, and
+    the test split's 60 benign prompts kept for over-refusal.
+    ``adversarial``: v0.1's sample, byte for byte: half the prompts benign, 56.8% both
+    safe, 5.7% safe over unsafe, 23.6% unsafe over safe, 13.9% both unsafe. Generated on
+    demand (``--world adversarial``), not embedded.
+    `world_from_composition` makes a world from any other composition.
+
+Sizes: 2160 train rows and 360 test rows in both worlds (plus 2160 sft rows in ``pku``);
+responses have 4-21 words; a formatted prompt plus a response fits in 48 tokens of the
+sample tokenizer (678 words and specials).
 
 Regenerate the committed files (byte for byte; a test checks it)::
 
     python -m safedpo_jax.data.synthetic --out safedpo_jax/data/sample
+
+and write another world where you want it::
+
+    python -m safedpo_jax.data.synthetic --world adversarial --out DIR
 
 Example:
 
@@ -67,22 +83,32 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
+    "CELLS",
+    "DEFAULT_WORLD",
+    "HARM_WORDS",
+    "PKU_COMPOSITION",
+    "TEMPLATES",
+    "WORLDS",
     "Candidate",
+    "Composition",
     "OracleScore",
     "SyntheticPrompt",
-    "HARM_WORDS",
-    "TEMPLATES",
+    "World",
     "candidate_responses",
+    "cell_counts",
     "check_grammar",
     "generate_rows",
+    "get_world",
+    "harmful_cells",
     "is_harmful",
     "oracle",
     "prompts",
+    "world_from_composition",
+    "world_prompts",
     "write_sample",
 ]
 
 SEED = 0
-ROWS_PER_PROMPT = {"train": 9, "test": 3}
 
 TEMPLATES: tuple[str, ...] = (
     "how do i {vp} ?",
@@ -399,7 +425,8 @@ CONNECTORS: tuple[str, ...] = (
 # Helpfulness of each feature (see `oracle`).
 DETAILED, BRIEF, REDIRECT, VAGUE = 1.0, 0.3, 0.5, 0.1
 
-# Pair kinds sampled per row: (kind of response a, kind of response b) -> weight.
+# v0.1's per-row pair-kind tables: (kind of response a, kind of response b) -> weight. They
+# define the ``adversarial`` world and are kept exactly as they were (its rows byte for byte).
 HARMFUL_PAIR_KINDS: tuple[tuple[str, str, float], ...] = (
     ("detailed", "refusal", 0.20),  # unsafe over safe: SafeDPO swaps it
     ("detailed", "redirect", 0.15),  # unsafe over safe
@@ -415,6 +442,21 @@ BENIGN_PAIR_KINDS: tuple[tuple[str, str, float], ...] = (
     ("brief", "refusal", 0.15),
     ("low", "refusal", 0.15),
 )
+
+# The four cells of the safety table, named (winner, loser) by helpfulness.
+CELLS: tuple[str, ...] = ("safe>safe", "safe>unsafe", "unsafe>safe", "unsafe>unsafe")
+# The pair kinds that realise each cell on a harmful prompt (winner form first), with their
+# relative weights inside the cell (the unsafe-over-safe split is v0.1's 0.20 : 0.15 : 0.10).
+CELL_KINDS: dict[str, tuple[tuple[str, str, float], ...]] = {
+    "safe>safe": (("redirect", "refusal", 1.0),),
+    "safe>unsafe": (("redirect", "brief", 1.0),),
+    "unsafe>safe": (
+        ("detailed", "refusal", 4.0),
+        ("detailed", "redirect", 3.0),
+        ("brief", "refusal", 2.0),
+    ),
+    "unsafe>unsafe": (("detailed", "brief", 1.0),),
+}
 
 SPECIAL_TOKENS: tuple[str, ...] = ("<pad>", "<unk>", "<s>", "</s>", "<|user|>", "<|assistant|>")
 TEMPLATE_WORDS: tuple[str, ...] = ("BEGINNING", "OF", "CONVERSATION:", "USER:", "ASSISTANT:")
@@ -657,7 +699,7 @@ def prompts(split: str) -> list[SyntheticPrompt]:
     >>> len(prompts("train")), sum(p.harmful for p in prompts("test"))
     (240, 60)
     """
-    if split not in ROWS_PER_PROMPT:
+    if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     out = []
     for harmful, topics in ((True, HARMFUL_TOPICS), (False, BENIGN_TOPICS)):
@@ -669,6 +711,274 @@ def prompts(split: str) -> list[SyntheticPrompt]:
     return out
 
 
+@dataclass(frozen=True)
+class Composition:
+    """The make-up of a world's training pairs: the four cells of the safety table.
+
+    A pair's cell is (winner, loser) by helpfulness, each safe or unsafe:
+
+    - ``both_safe``: share of pairs with two safe responses (``safe>safe``);
+    - ``mixed``: share with exactly one safe response, split by ``safe_wins_mixed``, the
+      share of mixed pairs whose more helpful response is the safe one (``safe>unsafe``;
+      the rest are ``unsafe>safe``, the pairs SafeDPO swaps);
+    - ``both_unsafe``: share with two unsafe responses (``unsafe>unsafe``, dropped by SafeDPO);
+    - ``harmful_prompts``: share of training prompts that are harmful. Benign prompts of the
+      grammar have only safe answers, so ``both_safe >= 1 - harmful_prompts`` is required.
+
+    The three pair shares sum to 1 (within 1e-9).
+
+    >>> Composition(0.5, 0.25, 0.25, safe_wins_mixed=0.8, harmful_prompts=1.0).cells
+    {'safe>safe': 0.5, 'safe>unsafe': 0.2, 'unsafe>safe': 0.05, 'unsafe>unsafe': 0.25}
+    """
+
+    both_safe: float
+    mixed: float
+    both_unsafe: float
+    safe_wins_mixed: float
+    harmful_prompts: float
+
+    def __post_init__(self) -> None:
+        for name in ("both_safe", "mixed", "both_unsafe", "safe_wins_mixed", "harmful_prompts"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"Composition.{name} must be in [0, 1], got {value!r}")
+        total = self.both_safe + self.mixed + self.both_unsafe
+        if abs(total - 1.0) > 1e-9:
+            raise ValueError(
+                f"Composition: both_safe + mixed + both_unsafe must be 1, got {total!r}"
+            )
+        if self.harmful_prompts == 0.0:
+            raise ValueError("Composition.harmful_prompts must be > 0 (no harmful prompts)")
+        if self.both_safe < 1.0 - self.harmful_prompts - 1e-9:
+            raise ValueError(
+                f"Composition: benign prompts give only safe pairs, so both_safe "
+                f"({self.both_safe}) must be >= 1 - harmful_prompts ({1 - self.harmful_prompts})"
+            )
+
+    @property
+    def cells(self) -> dict[str, float]:
+        """Share of each cell of `CELLS` (rounded to 12 digits)."""
+        shares = (
+            self.both_safe,
+            self.mixed * self.safe_wins_mixed,
+            self.mixed * (1.0 - self.safe_wins_mixed),
+            self.both_unsafe,
+        )
+        return {c: round(v, 12) for c, v in zip(CELLS, shares, strict=True)}
+
+
+# PKU-SafeRLHF, the data the paper trains on, as far as published figures describe it.
+# Source: the dual-preference release PKU-Alignment/PKU-SafeRLHF (Ji et al., "PKU-SafeRLHF:
+# Towards Multi-Level Safety Alignment for LLMs with Human Preference", arXiv:2406.15513),
+# train split, 73,907 pairs over 38,641 prompts. Shares computed over that split by a third
+# party's audit (quoted in this project's notes, docs/baselines.md, "PKU-SafeRLHF
+# composition"; not recomputed here): both responses safe 41.2%, exactly one safe 14.6%,
+# both unsafe 44.2%; in the mixed pairs the more helpful response is the unsafe one in
+# roughly 15-17% (we take 16%); every prompt is a red-teaming prompt (Alpaca3-70B,
+# BeaverTails and WizardLM sources). No breakdown of PKU-SafeRLHF-30K (the split the
+# paper trains on) was found: its dataset card gives no counts, and searches of dataset
+# cards, papers and issue threads turned up none; the release figures stand in for it.
+# The world was set from these figures before any method was run on it.
+PKU_COMPOSITION = Composition(
+    both_safe=0.412, mixed=0.146, both_unsafe=0.442, safe_wins_mixed=0.84, harmful_prompts=1.0
+)
+
+
+@dataclass(frozen=True)
+class World:
+    """A synthetic world: which prompts its training rows use, and how their pairs are made.
+
+    Splits (every one in the PKU-SafeRLHF-30K schema, labels from `oracle`):
+
+    - ``train``: the preference rows. ``rows_per_prompt`` rows for each training prompt;
+      the training prompts are every harmful train prompt of the grammar (120) plus as many
+      benign ones as ``composition.harmful_prompts`` asks for (evenly spaced over topics).
+    - ``test``: every test prompt of the grammar (60 harmful, 60 benign), 3 rows each. The
+      benign half is the over-refusal set of the evaluation; it is kept in every world,
+      whatever share of benign prompts the training rows have.
+    - ``sft`` (``sft_split == "sft"``): the reference's instruction data, every train prompt
+      of the grammar, 9 rows each. A world whose training prompts are all harmful (as in
+      PKU-SafeRLHF) would otherwise give the SFT reference no benign prompt to learn from,
+      as the paper's reference (Alpaca) learned general instructions elsewhere.
+
+    On harmful prompts, the pairs of every split follow ``composition`` (its cell shares on
+    harmful prompts, with benign rows counted as ``safe>safe``); benign prompts use
+    `BENIGN_PAIR_KINDS`. The cell of each row is planned exactly (largest-remainder counts,
+    shuffled), its pair kind drawn from `CELL_KINDS`, its two texts drawn without repeating
+    a pair for the same prompt.
+
+    ``legacy_kinds`` (the ``adversarial`` world only) keeps v0.1's generator instead: each
+    row's pair kind drawn from that table (benign prompts: `BENIGN_PAIR_KINDS`), redrawn
+    when the pair repeats; its ``composition`` is then the table's nominal one.
+    """
+
+    name: str
+    composition: Composition
+    rows_per_prompt: int
+    sft_split: str
+    description: str
+    legacy_kinds: tuple[tuple[str, str, float], ...] | None = None
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        """The splits this world writes: ``train``, ``test`` and, if used, ``sft``."""
+        return ("train", "test", "sft") if self.sft_split == "sft" else ("train", "test")
+
+
+def _nominal_composition(kinds: tuple[tuple[str, str, float], ...], harmful: float) -> Composition:
+    """The composition a per-row kind table gives on harmful prompts, benign rows safe."""
+    by_kind = {(a, b): c for c, ks in CELL_KINDS.items() for a, b, _ in ks}
+    cell = dict.fromkeys(CELLS, 0.0)
+    for a, b, w in kinds:
+        cell[by_kind[a, b]] += w * harmful
+    cell["safe>safe"] += 1.0 - harmful
+    mixed = cell["safe>unsafe"] + cell["unsafe>safe"]
+    return Composition(
+        both_safe=round(cell["safe>safe"], 12),
+        mixed=round(mixed, 12),
+        both_unsafe=round(cell["unsafe>unsafe"], 12),
+        safe_wins_mixed=round(cell["safe>unsafe"] / mixed, 12),
+        harmful_prompts=harmful,
+    )
+
+
+WORLDS: dict[str, World] = {
+    "pku": World(
+        name="pku",
+        composition=PKU_COMPOSITION,
+        rows_per_prompt=18,
+        sft_split="sft",
+        description=(
+            "calibrated to PKU-SafeRLHF's published composition (all training prompts "
+            "harmful; see PKU_COMPOSITION)"
+        ),
+    ),
+    "adversarial": World(
+        name="adversarial",
+        composition=_nominal_composition(HARMFUL_PAIR_KINDS, 0.5),
+        rows_per_prompt=9,
+        sft_split="train",
+        description=(
+            "v0.1's sample, kept byte for byte: half the prompts benign, and an unsafe "
+            "winner over a safe loser in about a quarter of the pairs (the pairs SafeDPO swaps)"
+        ),
+        legacy_kinds=HARMFUL_PAIR_KINDS,
+    ),
+}
+DEFAULT_WORLD = "pku"
+
+
+def get_world(world: str | World) -> World:
+    """A `World`, or the one named in `WORLDS` (``pku``, ``adversarial``).
+
+    >>> get_world("pku").composition.cells["unsafe>safe"]
+    0.02336
+    """
+    if isinstance(world, World):
+        return world
+    if world not in WORLDS:
+        raise ValueError(f"unknown synthetic world {world!r}; one of {sorted(WORLDS)}")
+    return WORLDS[world]
+
+
+def world_from_composition(
+    name: str, composition: Composition, *, rows_per_prompt: int = 18
+) -> World:
+    """A world whose training pairs follow ``composition`` (with an ``sft`` split).
+
+    >>> w = world_from_composition("even", Composition(0.5, 0.25, 0.25, 0.5, 1.0))
+    >>> w.splits, len(generate_rows("train", world=w))
+    (('train', 'test', 'sft'), 2160)
+    """
+    if rows_per_prompt < 1:
+        raise ValueError(f"rows_per_prompt must be >= 1, got {rows_per_prompt}")
+    return World(name, composition, rows_per_prompt, "sft", f"composition {composition}")
+
+
+def world_prompts(split: str, world: str | World = DEFAULT_WORLD) -> list[SyntheticPrompt]:
+    """The prompts of a world's ``split``, harmful ones first.
+
+    >>> len(world_prompts("train")), len(world_prompts("train", "adversarial"))
+    (120, 240)
+    >>> sum(p.harmful for p in world_prompts("test"))
+    60
+    """
+    w = get_world(world)
+    if split not in w.splits:
+        raise ValueError(f"world {w.name!r} has no split {split!r}; its splits: {w.splits}")
+    if split == "test":
+        return prompts("test")
+    grammar = prompts("train")
+    if split == "sft":
+        return grammar
+    harmful = [p for p in grammar if p.harmful]
+    benign = [p for p in grammar if not p.harmful]
+    h = w.composition.harmful_prompts
+    if h >= 0.5:
+        n_harmful, n_benign = len(harmful), round(len(harmful) * (1.0 - h) / h)
+    else:
+        n_harmful, n_benign = max(1, round(len(benign) * h / (1.0 - h))), len(benign)
+    return _spread(harmful, n_harmful) + _spread(benign, n_benign)
+
+
+def _spread(items: list[SyntheticPrompt], n: int) -> list[SyntheticPrompt]:
+    """``n`` of ``items``, evenly spaced (so every topic keeps its share)."""
+    return [items[i * len(items) // n] for i in range(n)]
+
+
+def harmful_cells(world: str | World = DEFAULT_WORLD) -> dict[str, float]:
+    """The cell shares on a world's harmful prompts (its benign training rows are safe>safe).
+
+    Every split's harmful prompts use these shares, so the training rows as a whole follow
+    the world's composition.
+
+    >>> harmful_cells("pku") == get_world("pku").composition.cells
+    True
+    >>> round(harmful_cells(world_from_composition("x", Composition(0.6, 0.2, 0.2, 0.5, 0.5)))[
+    ...     "safe>safe"], 6)
+    0.2
+    """
+    w = get_world(world)
+    train = world_prompts("train", w)
+    benign = sum(not p.harmful for p in train) / len(train)
+    shares = dict(w.composition.cells)
+    shares["safe>safe"] = max(0.0, shares["safe>safe"] - benign)
+    return {c: v / (1.0 - benign) for c, v in shares.items()}
+
+
+def _rows_per_prompt(split: str, w: World) -> int:
+    return {"train": w.rows_per_prompt, "test": 3, "sft": 9}[split]
+
+
+_SPLIT_OFFSET = {"train": 0, "test": 1, "sft": 2}
+
+
+def generate_rows(
+    split: str, *, world: str | World = DEFAULT_WORLD, seed: int = SEED
+) -> list[dict[str, object]]:
+    """The preference rows of a world's ``split`` in the PKU-SafeRLHF-30K schema.
+
+    Deterministic in (world, split, seed). ``world``: a name in `WORLDS` or a `World`.
+
+    >>> rows = generate_rows("test")
+    >>> len(rows), sorted(rows[0])
+    (360, ['better_response_id', 'is_response_0_safe', 'is_response_1_safe', 'prompt',
+           'response_0', 'response_1', 'safer_response_id'])
+    >>> len(generate_rows("train", world="adversarial"))
+    2160
+    """
+    w = get_world(world)
+    ps = world_prompts(split, w)  # checks the split
+    rng = random.Random(seed * 1009 + _SPLIT_OFFSET[split])
+    per_prompt = _rows_per_prompt(split, w)
+    if w.legacy_kinds is not None:
+        rows = _legacy_rows(rng, ps, per_prompt, w.legacy_kinds)
+    else:
+        rows = _planned_rows(rng, ps, per_prompt, w)
+    rng.shuffle(rows)
+    return rows
+
+
 def _pick(rng: random.Random, kinds: tuple[tuple[str, str, float], ...]) -> tuple[str, str]:
     u, acc = rng.random(), 0.0
     for a, b, w in kinds:
@@ -678,22 +988,20 @@ def _pick(rng: random.Random, kinds: tuple[tuple[str, str, float], ...]) -> tupl
     return kinds[-1][0], kinds[-1][1]
 
 
-def generate_rows(split: str, *, seed: int = SEED) -> list[dict[str, object]]:
-    """The preference rows of ``split`` in the PKU-SafeRLHF-30K schema (deterministic).
-
-    >>> rows = generate_rows("test")
-    >>> len(rows), sorted(rows[0])
-    (360, ['better_response_id', 'is_response_0_safe', 'is_response_1_safe', 'prompt',
-           'response_0', 'response_1', 'safer_response_id'])
-    """
-    rng = random.Random(seed * 1009 + (0 if split == "train" else 1))
+def _legacy_rows(
+    rng: random.Random,
+    ps: list[SyntheticPrompt],
+    per_prompt: int,
+    harmful_kinds: tuple[tuple[str, str, float], ...],
+) -> list[dict[str, object]]:
+    """v0.1's generator: a kind per row from the table, redrawn (kind too) on a repeat."""
     rows: list[dict[str, object]] = []
-    for p in prompts(split):
+    for p in ps:
         topic, _ = _topic_for(p.text)
         forms = _responses_by_form(topic, p.harmful)
-        kinds = HARMFUL_PAIR_KINDS if p.harmful else BENIGN_PAIR_KINDS
+        kinds = harmful_kinds if p.harmful else BENIGN_PAIR_KINDS
         seen: set[tuple[str, str]] = set()
-        while len(seen) < ROWS_PER_PROMPT[split]:
+        while len(seen) < per_prompt:
             a_form, b_form = _pick(rng, kinds)
             a = forms[a_form][rng.randrange(len(forms[a_form]))]
             b = forms[b_form][rng.randrange(len(forms[b_form]))]
@@ -703,7 +1011,53 @@ def generate_rows(split: str, *, seed: int = SEED) -> list[dict[str, object]]:
                 continue
             seen.add((a, b))
             rows.append(_row(p.text, a, b))
-    rng.shuffle(rows)
+    return rows
+
+
+def _largest_remainder(total: int, shares: dict[str, float]) -> dict[str, int]:
+    """Integer counts summing to ``total`` in proportion to ``shares`` (ties: first key)."""
+    norm = sum(shares.values())
+    exact = {k: total * v / norm for k, v in shares.items()}
+    counts = {k: int(v) for k, v in exact.items()}
+    order = sorted(shares, key=lambda k: -(exact[k] - counts[k]))
+    for k in order[: total - sum(counts.values())]:
+        counts[k] += 1
+    return counts
+
+
+def _planned_rows(
+    rng: random.Random, ps: list[SyntheticPrompt], per_prompt: int, w: World
+) -> list[dict[str, object]]:
+    """Rows whose cells on harmful prompts are counted out exactly from the composition."""
+    n_harmful_rows = per_prompt * sum(p.harmful for p in ps)
+    counts = _largest_remainder(n_harmful_rows, harmful_cells(w))
+    plan = [c for c in CELLS for _ in range(counts[c])]
+    rng.shuffle(plan)
+    rows: list[dict[str, object]] = []
+    for p in ps:
+        topic, _ = _topic_for(p.text)
+        forms = _responses_by_form(topic, p.harmful)
+        used: set[frozenset[str]] = set()
+        for _ in range(per_prompt):
+            kinds = CELL_KINDS[plan.pop()] if p.harmful else BENIGN_PAIR_KINDS
+            total = sum(k[2] for k in kinds)
+            a_form, b_form = _pick(rng, tuple((a, b, wt / total) for a, b, wt in kinds))
+            fresh = [
+                (a, b)
+                for a in forms[a_form]
+                for b in forms[b_form]
+                if frozenset((a, b)) not in used
+            ]
+            if not fresh:
+                raise ValueError(
+                    f"world {w.name!r}: prompt {p.text!r} has no unused {a_form}/{b_form} "
+                    f"pair left for row {len(used) + 1} of {per_prompt}; lower rows_per_prompt"
+                )
+            a, b = fresh[rng.randrange(len(fresh))]
+            used.add(frozenset((a, b)))
+            if rng.random() < 0.5:
+                a, b = b, a
+            rows.append(_row(p.text, a, b))
     return rows
 
 
@@ -773,55 +1127,76 @@ def tokenizer_files(*, pad_token: str = "<pad>") -> dict[str, str]:
 
 
 README = """\
-# Embedded synthetic sample (generated; do not edit)
+# Synthetic world `{world}` (generated; do not edit)
 
-Made by `python -m safedpo_jax.data.synthetic --out safedpo_jax/data/sample` (seed {seed}).
+Made by `python -m safedpo_jax.data.synthetic --world {world} --out DIR` (seed {seed}).
 The text is SYNTHETIC: a small grammar of harmful and benign how-to prompts, responses of
 known kinds (detailed or one-step compliance, safe redirect, refusal, vague answer) and
 preference labels computed by `safedpo_jax.data.synthetic.oracle`. See that module.
 
-- `train.jsonl`: {n_train} rows, `test.jsonl`: {n_test} rows, PKU-SafeRLHF-30K columns.
+World `{world}`: {description}.
+
+- {files}, PKU-SafeRLHF-30K columns.
 - train pairs by safety of (better, worse): {cells_train}
+- target composition of the train pairs: {cells_target}; harmful prompts {harmful}
 - `tokenizer/`: word-level tokenizer ({n_vocab} tokens; pad `<pad>`, eos `</s>`, bos `<s>`,
   unk `<unk>`), loadable with `transformers.AutoTokenizer.from_pretrained`.
 """
 
 
-def _cells(rows: list[dict[str, object]]) -> str:
-    counts: dict[str, int] = {}
+def cell_counts(rows: Sequence[dict[str, object]]) -> dict[str, int]:
+    """Rows per cell of `CELLS` (winner by ``better_response_id``, safe by the labels).
+
+    >>> cell_counts(generate_rows("train"))
+    {'safe>safe': 890, 'safe>unsafe': 265, 'unsafe>safe': 50, 'unsafe>unsafe': 955}
+    """
+    counts = dict.fromkeys(CELLS, 0)
     for r in rows:
         b = r["better_response_id"]
         assert isinstance(b, int)
-        hw = "unsafe" if not r[f"is_response_{b}_safe"] else "safe"
-        hl = "unsafe" if not r[f"is_response_{1 - b}_safe"] else "safe"
-        key = f"{hw}>{hl}"
-        counts[key] = counts.get(key, 0) + 1
-    return ", ".join(f"{k} {counts[k]}" for k in sorted(counts))
+        hw = "safe" if r[f"is_response_{b}_safe"] else "unsafe"
+        hl = "safe" if r[f"is_response_{1 - b}_safe"] else "unsafe"
+        counts[f"{hw}>{hl}"] += 1
+    return counts
 
 
-def sample_files(*, seed: int = SEED) -> dict[str, str]:
-    """Every file of the embedded sample: relative path -> text."""
+def _cells(rows: list[dict[str, object]]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in cell_counts(rows).items() if v)
+
+
+def sample_files(*, world: str | World = DEFAULT_WORLD, seed: int = SEED) -> dict[str, str]:
+    """Every file of a world's sample: relative path -> text (the embedded one: ``pku``)."""
     check_grammar()
-    splits = {split: generate_rows(split, seed=seed) for split in ("train", "test")}
+    w = get_world(world)
+    splits = {split: generate_rows(split, world=w, seed=seed) for split in w.splits}
     files = {
         f"{split}.jsonl": "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows)
         for split, rows in splits.items()
     }
     files.update({f"tokenizer/{name}": text for name, text in tokenizer_files().items()})
     files["README.md"] = README.format(
+        world=w.name,
         seed=seed,
-        n_train=len(splits["train"]),
-        n_test=len(splits["test"]),
+        description=w.description,
+        files=", ".join(f"`{k}.jsonl`: {len(v)} rows" for k, v in splits.items()),
         cells_train=_cells(splits["train"]),
+        cells_target=", ".join(f"{k} {v:.2%}" for k, v in w.composition.cells.items()),
+        harmful=f"{w.composition.harmful_prompts:.0%}",
         n_vocab=len(vocabulary()),
     )
     return files
 
 
-def write_sample(out: str | Path, *, seed: int = SEED) -> list[Path]:
-    """Write `sample_files` under ``out``; returns the paths written."""
+def write_sample(
+    out: str | Path, *, world: str | World = DEFAULT_WORLD, seed: int = SEED
+) -> list[Path]:
+    """Write `sample_files` under ``out``; returns the paths written.
+
+    ``out`` then loads like the embedded sample: ``load_rows(out, split=...)``, tokenizer
+    ``out/tokenizer``.
+    """
     written = []
-    for rel, text in sample_files(seed=seed).items():
+    for rel, text in sample_files(world=world, seed=seed).items():
         path = Path(out) / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8", newline="\n")
@@ -830,12 +1205,13 @@ def write_sample(out: str | Path, *, seed: int = SEED) -> list[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m safedpo_jax.data.synthetic --out DIR [--seed N]``."""
+    """``python -m safedpo_jax.data.synthetic --out DIR [--world NAME] [--seed N]``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--out", required=True, help="directory to write the sample into")
+    parser.add_argument("--world", default=DEFAULT_WORLD, choices=sorted(WORLDS))
     parser.add_argument("--seed", type=int, default=SEED)
     args = parser.parse_args(argv)
-    for path in write_sample(args.out, seed=args.seed):
+    for path in write_sample(args.out, world=args.world, seed=args.seed):
         print(path)
     return 0
 

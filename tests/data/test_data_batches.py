@@ -21,7 +21,7 @@ def dataset():
     ds, _ = load_preference_data(
         "sample", split="test", pairs="safedpo", tokenizer="sample", max_length=64
     )
-    assert len(ds) == 308
+    assert len(ds) == 280  # 360 test rows - 80 both-unsafe pairs
     return ds
 
 
@@ -38,13 +38,13 @@ def test_same_seed_same_order_other_seed_other_order(dataset):
     it = BatchIterator(dataset, batch_size=32, seed=3, num_epochs=2)
     epochs = np.array([i for b in it for i in b.pair_index.tolist()]).reshape(2, -1)
     for e in epochs:
-        assert sorted(e[e >= 0].tolist()) == list(range(308))
+        assert sorted(e[e >= 0].tolist()) == list(range(280))
     assert epochs[0].tolist() != epochs[1].tolist()
 
 
-@pytest.mark.parametrize("stop", [3, 10, 12])  # mid-epoch, at the epoch boundary, past it
+@pytest.mark.parametrize("stop", [3, 9, 12])  # mid-epoch, at the epoch boundary, past it
 def test_exact_continuation_from_a_saved_state(dataset, stop):
-    # 308 pairs / 32 = 10 batches per epoch (the last padded).
+    # 280 pairs / 32 = 9 batches per epoch (the last padded).
     reference = indices(islice(BatchIterator(dataset, batch_size=32, seed=7, num_epochs=3), 25))
     it = BatchIterator(dataset, batch_size=32, seed=7, num_epochs=3)
     head = indices(islice(it, stop))
@@ -59,9 +59,9 @@ def test_exact_continuation_from_a_saved_state(dataset, stop):
 
 def test_state_at_an_epoch_end_names_the_next_epoch(dataset):
     it = BatchIterator(dataset, batch_size=32, seed=0, num_epochs=2)
-    list(islice(it, 10))
+    list(islice(it, 9))
     assert (it.state()["epoch"], it.state()["step"]) == (1, 0)
-    assert len(it) == 10
+    assert len(it) == 9
 
 
 def test_restore_refuses_another_data_order(dataset):
@@ -126,14 +126,14 @@ def test_bucket_lengths(dataset):
 
 def test_final_short_batch_is_padded_or_dropped(dataset):
     batches = list(BatchIterator(dataset, batch_size=32, shuffle=False))
-    assert len(batches) == 10
+    assert len(batches) == 9
     last = batches[-1]
-    assert last.valid.tolist() == [True] * 20 + [False] * 12
-    assert last.pair_index.tolist()[20:] == [-1] * 12
-    assert not last.loss_mask[20:].any() and not last.attention_mask[20:].any()
-    assert not last.unsafe[20:].any()
+    assert last.valid.tolist() == [True] * 24 + [False] * 8
+    assert last.pair_index.tolist()[24:] == [-1] * 8
+    assert not last.loss_mask[24:].any() and not last.attention_mask[24:].any()
+    assert not last.unsafe[24:].any()
     dropped = list(BatchIterator(dataset, batch_size=32, drop_remainder=True, shuffle=False))
-    assert len(dropped) == 9 and all(b.valid.all() for b in dropped)
+    assert len(dropped) == 8 and all(b.valid.all() for b in dropped)
 
 
 def test_in_order_pass_visits_every_pair_once(dataset):

@@ -28,9 +28,11 @@ def test_summary_ends_with_one_json_line():
     lines = out.stdout.strip().splitlines()
     summary = json.loads(lines[-1])
     assert summary["rows"] == 2160
-    assert summary["pairs"] == 1860 and summary["swapped"] == 510
-    assert summary["dropped"] == {"both_unsafe": 300} and summary["truncated"] == 0
-    assert "pairs kept: 1860" in out.stdout and "both_unsafe: 300" in out.stdout
+    # The pku sample's train cells: 890 safe>safe, 265 safe>unsafe, 50 unsafe>safe (swapped),
+    # 955 unsafe>unsafe (dropped); 2160 - 955 = 1205 pairs kept.
+    assert summary["pairs"] == 1205 and summary["swapped"] == 50
+    assert summary["dropped"] == {"both_unsafe": 955} and summary["truncated"] == 0
+    assert "pairs kept: 1205" in out.stdout and "both_unsafe: 955" in out.stdout
 
 
 def test_bad_input_exits_non_zero_with_the_message(tmp_path):
