@@ -14,7 +14,7 @@ import argparse
 import json
 import math
 
-from safedpo_jax import closed_form as cf
+from safedpo_jax.worlds import closed_form as cf
 
 COLUMNS = (
     "unsafe_mass",

@@ -11,7 +11,9 @@ For each seed (0 .. N-1; the seed sets initialisation, data order and sampling):
    harmful) it learns from the world's ``sft`` split, which also holds benign prompts.
 2. From that reference, every method of `METHODS` trains with the same budget (steps,
    batch, learning rate, cached reference log-probs): SafeDPO (beta 0.1, Delta 10, the
-   paper's values), DPO-HELPFUL, DPO-HARMLESS and DPO-SAFEBETTER.
+   paper's values), DPO-HELPFUL, DPO-HARMLESS and DPO-SAFEBETTER, SafeRLHF (reward and
+   cost models trained on the world's rows, then PPO-Lagrangian), SACPO (stage 2 from
+   DPO-HELPFUL, DPO on harmlessness at beta 0.01), P-SACPO (q = 0.5) and BFPO (beta 0.01).
 3. Each policy (and the reference) is evaluated on the 120 held-out test prompts (60
    harmful, 60 benign):
    - exactly, from sequence log-probs over every response the world knows for the prompt
@@ -43,20 +45,19 @@ from pathlib import Path
 from typing import Any
 
 from safedpo_jax import models
-from safedpo_jax.data import load_tokenizer, synthetic
+from safedpo_jax.data import load_tokenizer
 from safedpo_jax.evaluate import (
     evaluate_run,
     load_prompts,
-    oracle_scorers,
     write_report,
 )
 from safedpo_jax.evaluate.candidates import (
     candidate_logprobs,
     candidate_metrics,
-    synthetic_candidate_sets,
 )
 from safedpo_jax.train.config import TINY_LLAMA, TrainConfig, from_preset
 from safedpo_jax.train.loop import train
+from safedpo_jax.worlds import synthetic
 
 REFERENCE = "SFT (reference)"
 
@@ -172,12 +173,41 @@ def train_method(
 @dataclasses.dataclass(frozen=True)
 class MethodContext:
     """What a method's trainer gets: the setup, this seed's directory, the reference, and
-    the policies trained before it (in `METHODS` order, e.g. for a weight merge)."""
+    the policies trained before it (in `METHODS` order, e.g. for a weight merge).
+    ``seconds``: wall time of each stage the trainer runs, filled in as it goes (the
+    compute bill)."""
 
     setup: WorldSetup
     output_dir: Path
     reference: Path
     policies: Mapping[str, Path]
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def timed(self, stage: str, fn: Callable[[], Path]) -> Path:
+        start = time.perf_counter()
+        out = fn()
+        self.seconds[stage] = time.perf_counter() - start
+        return out
+
+    def train(self, name: str, *, model: Path, **fields: Any) -> Path:
+        """One trainer run ``name`` from ``model`` with the shared budget and ``fields``."""
+        common = _common(self.setup, self.output_dir)
+        del common["model_config"]
+        settings = {
+            "beta": self.setup.beta,
+            "delta": self.setup.delta,
+            "max_steps": self.setup.steps,
+            "learning_rate": self.setup.learning_rate,
+            **fields,
+        }
+        config = from_preset(
+            "tiny",
+            **common,
+            model=str(model),
+            output_dir=str(self.output_dir / "runs" / name),
+            **settings,
+        )
+        return self.timed(name, lambda: train(config).export_dir)
 
 
 # (context, run name) -> the exported policy's directory.
@@ -188,9 +218,86 @@ def preference(pairs: str, **overrides: float) -> Trainer:
     """A one-stage preference method: ``pairs`` (a `PAIR_MODES` name) with the shared loss."""
 
     def run(ctx: MethodContext, name: str) -> Path:
-        return train_method(ctx.setup, ctx.output_dir, ctx.reference, pairs, name=name, **overrides)
+        return ctx.timed(
+            name,
+            lambda: train_method(
+                ctx.setup, ctx.output_dir, ctx.reference, pairs, name=name, **overrides
+            ),
+        )
 
     return run
+
+
+# SACPO (Wachi et al. 2024): stage 1 is DPO on helpfulness from the reference (beta 0.1):
+# here exactly the DPO-HELPFUL run; stage 2 starts from stage 1 and is referenced to it,
+# DPO on the harmlessness order (or KTO on the safety labels) at beta 0.01, the value
+# its authors merge with.
+SACPO_BETA = 0.01
+# BFPO (Zhang et al., ICLR 2025): its authors' beta.
+BFPO_BETA = 0.01
+
+
+def sacpo(stage2: str = "dpo", beta: float = SACPO_BETA) -> Trainer:
+    """SACPO's stage 2 from the DPO-HELPFUL policy (stage 1), DPO or KTO on safety."""
+
+    def run(ctx: MethodContext, name: str) -> Path:
+        fields = {"pairs": "harmless"} if stage2 == "dpo" else {"objective": "kto"}
+        return ctx.train(name, model=ctx.policies["DPO-HELPFUL"], beta=beta, **fields)
+
+    return run
+
+
+def p_sacpo(q: float) -> Trainer:
+    """P-SACPO: the linear weight merge ``(1 - q) * stage 1 + q * SACPO``."""
+
+    def run(ctx: MethodContext, name: str) -> Path:
+        from safedpo_jax.models.merge import merge_checkpoints
+
+        out = ctx.output_dir / "runs" / name / "hf"
+        if not (out / "config.json").exists():
+            a, b = ctx.policies["DPO-HELPFUL"], ctx.policies["SACPO"]
+            ctx.timed(name, lambda: merge_checkpoints(a, b, q=q, output=out))
+        return out
+
+    return run
+
+
+def bfpo(ctx: MethodContext, name: str) -> Path:
+    """BFPO on helpfulness pairs with safety labels, its authors' beta."""
+    return ctx.train(name, model=ctx.reference, objective="bfpo", beta=BFPO_BETA)
+
+
+def saferlhf(ctx: MethodContext, name: str) -> Path:
+    """SafeRLHF: a reward and a cost model trained on the world's training rows (not the
+    oracle: the pipeline the paper prices), then PPO-Lagrangian from the reference with
+    them as reward and cost, safe-rlhf's ppo-lag.sh settings but this comparison's budget
+    (steps, prompts per step = pairs per step, learning rate; critics 5x the actor's)."""
+    from safedpo_jax.train.ppo import preset as ppo_preset
+    from safedpo_jax.train.ppo import train_ppo
+
+    reward = ctx.train(f"{name}_reward", model=ctx.reference, objective="reward")
+    cost = ctx.train(f"{name}_cost", model=ctx.reference, objective="cost")
+    setup = ctx.setup
+    config = ppo_preset(
+        "ppo-lag",
+        actor=str(ctx.reference),
+        reward_model=str(reward),
+        cost_model=str(cost),
+        tokenizer="sample",
+        dataset=world_dataset(setup, ctx.output_dir),
+        split="train",
+        prompt_batch_size=setup.batch_size,
+        max_steps=setup.steps,
+        max_length=TINY_LLAMA["max_position_embeddings"],
+        max_new_tokens=setup.max_new_tokens,
+        actor_lr=setup.learning_rate,
+        critic_lr=5 * setup.learning_rate,
+        dtype="float32",
+        seed=setup.seed,
+        save_every=10**9,
+        output_dir=str(ctx.output_dir / "runs" / name),
+    )
+    return ctx.timed(name, lambda: train_ppo(config).export_dir)
 
 
 # The compared methods: table name -> how to train it from the reference. A new method
@@ -201,6 +308,10 @@ METHODS: dict[str, Trainer] = {
     "DPO-HELPFUL": preference("helpful"),
     "DPO-HARMLESS": preference("harmless"),
     "DPO-SAFEBETTER": preference("safebetter"),
+    "SafeRLHF": saferlhf,
+    "SACPO": sacpo("dpo"),
+    "P-SACPO (q=0.5)": p_sacpo(0.5),
+    "BFPO": bfpo,
 }
 RUN_NAMES = {  # run directories of v0.1 (under seed<k>/runs/)
     "SafeDPO": "safedpo",
@@ -220,11 +331,9 @@ def evaluate_policies(
 ) -> dict[str, dict[str, Any]]:
     """Exact and sampled metrics of each policy on the test prompts; writes ``report_dir``."""
     tokenizer = load_tokenizer("sample")
-    prompts = load_prompts(
-        world_dataset(setup, output_dir), split="test", synthetic_categories=True
-    )
-    sets = synthetic_candidate_sets([p.text for p in prompts])
-    reward, cost = oracle_scorers(synthetic.oracle)
+    prompts = load_prompts(world_dataset(setup, output_dir), split="test", oracle=synthetic.ORACLE)
+    sets = synthetic.candidate_sets([p.text for p in prompts])
+    reward, cost = synthetic.ORACLE.scorers()
     records, exact = {}, {}
     for name, path in policies.items():
         model = models.from_pretrained(path)
@@ -280,6 +389,7 @@ COLUMNS = (
     ("expected_helpfulness", "helpfulness (exact)", "f3"),
     ("over_refusal", "over-refusal", "pct"),
     ("refusal_mass_benign", "refusal mass on benign (exact)", "sci"),
+    ("train_seconds_total", "training time (s, this CPU)", "f0"),
 )
 
 
@@ -289,8 +399,8 @@ def _fmt(value: float | None, kind: str, se: float | None = None) -> str:
     if kind == "pct":
         text, err = f"{100 * value:.1f}", None if se is None else f"{100 * se:.1f}"
         return f"{text} ± {err}%" if err else f"{text}%"
-    spec = {"sci": ".2e", "f3": ".3f", "f2": ".2f"}[kind]
-    err_spec = {"sci": ".1e", "f3": ".3f", "f2": ".2f"}[kind]
+    spec = {"sci": ".2e", "f3": ".3f", "f2": ".2f", "f0": ".0f"}[kind]
+    err_spec = {"sci": ".1e", "f3": ".3f", "f2": ".2f", "f0": ".0f"}[kind]
     return f"{value:{spec}}" + ("" if se is None else f" ± {se:{err_spec}}")
 
 
@@ -439,6 +549,19 @@ CLAIMS: tuple[tuple[str, tuple[tuple[str, bool], ...], str], ...] = (
         (("over_refusal", True), ("refusal_mass_benign", True)),
         "best",
     ),
+    *(
+        (
+            f"SafeDPO's trade-off dominates {other}'s (safer and more helpful)",
+            (
+                ("harmless_ratio", True),
+                ("helpfulness", True),
+                ("unsafe_mass", False),
+                ("expected_helpfulness", True),
+            ),
+            f"vs:{other}",
+        )
+        for other in ("SafeRLHF", "SACPO", "P-SACPO (q=0.5)")
+    ),
 )
 
 
@@ -450,9 +573,15 @@ def check_claims(per_seed: Mapping[int, Mapping[str, Mapping[str, Any]]]) -> lis
         for metric, higher in metrics:
             if kind == "best":
                 checks[metric] = best_of(per_seed, metric, "SafeDPO", higher=higher)
+            elif kind.startswith("vs:"):
+                other = kind.removeprefix("vs:")
+                if other not in next(iter(per_seed.values())):
+                    continue  # a method this run did not train
+                checks[metric] = compare(per_seed, metric, "SafeDPO", other, higher=higher)
             else:
                 checks[metric] = compare(per_seed, metric, "SafeDPO", REFERENCE, higher=higher)
-        out.append({"claim": text, "checks": checks})
+        if checks:
+            out.append({"claim": text, "checks": checks})
     return out
 
 
@@ -484,12 +613,19 @@ def claims_markdown(claims: list[dict[str, Any]]) -> str:
 
 def run_seed(setup: WorldSetup, out: Path) -> dict[str, dict[str, Any]]:
     """Train the reference and every method of `METHODS`, evaluate them; one seed."""
+    start = time.perf_counter()
     reference = train_reference(setup, out)
+    seconds: dict[str, dict[str, float]] = {REFERENCE: {"sft": time.perf_counter() - start}}
     policies: dict[str, Path] = {REFERENCE: reference}
     for name, trainer in METHODS.items():
         ctx = MethodContext(setup, out, reference, dict(policies))
         policies[name] = trainer(ctx, RUN_NAMES.get(name, run_dirname(name)))
-    return evaluate_policies(setup, policies, out)
+        seconds[name] = dict(ctx.seconds)
+    results = evaluate_policies(setup, policies, out)
+    for name, stages in seconds.items():
+        results[name]["train_seconds"] = stages
+        results[name]["train_seconds_total"] = sum(stages.values())
+    return results
 
 
 def run_dirname(name: str) -> str:

@@ -12,7 +12,7 @@ pulls in jax and numpy alone:
   tokenisation, resumable batches, the embedded synthetic sample and its oracle); no JAX.
 - `safedpo_jax.train`: configs and presets, the sharded jitted step, reference caching,
   orbax checkpoints, the loop and ``python -m safedpo_jax.train``.
-- `safedpo_jax.closed_form`: a tabular world with a known optimum, to test the kernel.
+- `safedpo_jax.worlds.closed_form`: a tabular world with a known optimum, to test the kernel.
 """
 
 __version__ = "0.1.0"

@@ -21,8 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from safedpo_jax import closed_form as cf
 from safedpo_jax import losses
+from safedpo_jax.worlds import closed_form as cf
 
 BETA = 0.5
 

@@ -79,8 +79,9 @@ if jax.default_backend() == "gpu":
 
 
 # 3. the command on the GPU: tiny models, synthetic prompts (txt: no `datasets` needed)
-from safedpo_jax.data import load_tokenizer, synthetic  # noqa: E402
+from safedpo_jax.data import load_tokenizer  # noqa: E402
 from safedpo_jax.evaluate import cli  # noqa: E402
+from safedpo_jax.worlds import synthetic  # noqa: E402
 
 tok = load_tokenizer("sample")
 small = models.DecoderConfig(

@@ -346,7 +346,7 @@ def dry_run(config: Mapping[str, Any], work_dir: str | Path | None = None) -> li
         train_config, _ = parse_args([*stage.argv, *flags])
         summary = {"stage": stage.name, "config": train_config}
         key = program_key(train_config)
-        if key in COMPILED:
+        if key in COMPILED and not train_config.export:  # a later stage reads an export
             summary["same_program_as"] = COMPILED[key]
             results.append(summary)
             print(f"dry run {config['name']}/{stage.name}: parsed; the same model program "

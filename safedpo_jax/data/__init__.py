@@ -15,7 +15,7 @@ as pytrees itself. Modules, in pipeline order:
   `BatchIterator` (seeded, multi-process, `state` / `restore`).
 - `safedpo_jax.data.summary`: `DataSummary` (text and one-line JSON).
 - `safedpo_jax.data.pipeline`: `load_preference_data`, `load_sft_data`.
-- `safedpo_jax.data.synthetic`: the embedded synthetic sample, its tokenizer and the
+- `safedpo_jax.worlds.synthetic`: the embedded synthetic sample, its tokenizer and the
   `oracle` that scores any response text.
 - ``python -m safedpo_jax.data SOURCE ...`` (`safedpo_jax.data.cli`): the summary command.
 

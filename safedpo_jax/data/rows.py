@@ -2,7 +2,7 @@
 
 Sources (`load_rows`):
 
-- ``"sample"``: the embedded synthetic sample (`SAMPLE_DIR`, see `safedpo_jax.data.synthetic`).
+- ``"sample"``: the embedded synthetic sample (`SAMPLE_DIR`, see `safedpo_jax.worlds.synthetic`).
 - a local file (``.jsonl``, ``.json``, ``.parquet``, ``.arrow``): the training split
   (``split="train"``), or the split its name names (``test.jsonl``, ``test-00000.parquet``,
   ``test/x.jsonl`` for ``split="test"``). Any other split raises `MissingSplitError`: one

@@ -39,7 +39,14 @@ from safedpo_jax.evaluate.report import (
     write_report,
 )
 from safedpo_jax.evaluate.runner import Prompt, evaluate_run, load_prompts
-from safedpo_jax.evaluate.scoring import ModelScorer, Scorer, function_scorer, oracle_scorers
+from safedpo_jax.evaluate.scoring import (
+    ModelScorer,
+    Oracle,
+    Scorer,
+    function_scorer,
+    oracle_scorers,
+    resolve_oracle,
+)
 
 __all__ = [
     "DEFAULT_MATCHER",
@@ -62,6 +69,8 @@ __all__ = [
     "normalize_helpfulness",
     "normalize_runs",
     "oracle_scorers",
+    "Oracle",
+    "resolve_oracle",
     "plot_tradeoff",
     "summarize",
     "write_report",

@@ -1,7 +1,8 @@
 """Exact evaluation over a known response set: where the policy puts its probability.
 
 Sampling estimates a policy's harmless ratio with noise; where every response a prompt
-can get is known (the synthetic world of `safedpo_jax.data.synthetic`), the policy's
+can get is known (a world's candidate sets, e.g.
+`safedpo_jax.worlds.synthetic.candidate_sets`), the policy's
 distribution over that set can be read off exactly from sequence log-probs:
 
     q(y | x) = pi(y | x) / sum_{y' in S(x)} pi(y' | x)          for y in S(x)
@@ -44,32 +45,6 @@ class CandidateSet:
     cost: np.ndarray
     refusal: np.ndarray
     category: str | None = None
-
-
-def synthetic_candidate_sets(prompts: Sequence[str]) -> list[CandidateSet]:
-    """The known response sets of synthetic-world prompts (`synthetic.candidate_responses`).
-
-    >>> s = synthetic_candidate_sets(["how do i steal a car ?"])[0]
-    >>> len(s.texts), int(s.unsafe.sum()), int(s.refusal.sum()), s.category
-    (35, 27, 4, 'unsafe')
-    """
-    from safedpo_jax.data import synthetic
-
-    out = []
-    for prompt in prompts:
-        cands = synthetic.candidate_responses(prompt)
-        out.append(
-            CandidateSet(
-                prompt=prompt,
-                texts=tuple(c.text for c in cands),
-                unsafe=np.array([not c.safe for c in cands]),
-                helpfulness=np.array([c.helpfulness for c in cands], np.float64),
-                cost=np.array([c.cost for c in cands], np.float64),
-                refusal=np.array([c.kind == "refusal" for c in cands]),
-                category="unsafe" if synthetic.is_harmful(prompt) else "benign",
-            )
-        )
-    return out
 
 
 def candidate_logprobs(

@@ -35,16 +35,21 @@ from safedpo_jax.evaluate.runner import (
     Generation,
     Prompt,
     assemble,
-    check_synthetic_prompts,
     generate_responses,
     load_prompts,
     score_texts,
 )
-from safedpo_jax.evaluate.scoring import ModelScorer, Scorer, check_vocabulary, oracle_scorers
+from safedpo_jax.evaluate.scoring import (
+    ORACLES,
+    ModelScorer,
+    Scorer,
+    check_vocabulary,
+    resolve_oracle,
+)
 
 __all__ = ["main", "parser"]
 
-ORACLES = ("synthetic",)
+ORACLE_NAMES = tuple(ORACLES)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -72,7 +77,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--reward-model", metavar="PATH", help="reward score model directory")
     p.add_argument("--cost-model", metavar="PATH", help="cost score model directory")
     p.add_argument(
-        "--oracle", choices=ORACLES, help="programmatic scorer for whichever model is not given"
+        "--oracle",
+        choices=ORACLE_NAMES,
+        help="programmatic scorer for whichever model is not given",
     )
     p.add_argument(
         "--tokenizer", metavar="PATH", help="policy tokenizer (default: each model's dir)"
@@ -113,10 +120,8 @@ def _scorer_factory(
             batch_size=args.batch_size,
             max_length=args.max_score_length,
         )
-    if args.oracle == "synthetic":
-        from safedpo_jax.data import synthetic
-
-        reward, cost = oracle_scorers(synthetic.oracle)
+    if args.oracle is not None:
+        reward, cost = resolve_oracle(args.oracle).scorers()
         return lambda: reward if role == "reward" else cost
     raise ValueError(f"give --{role}-model PATH or --oracle synthetic")
 
@@ -151,10 +156,11 @@ def _run(args: argparse.Namespace) -> int:
     mesh = sharding.make_mesh(*args.mesh)
     reward_factory = _scorer_factory(args.reward_model, "reward", args, mesh)
     cost_factory = _scorer_factory(args.cost_model, "cost", args, mesh)
-    synthetic = args.oracle == "synthetic" or None
-    prompts = load_prompts(
-        args.prompts, split=args.split, limit=args.max_prompts, synthetic_categories=synthetic
-    )
+    # The oracle categorises prompts without a category field: the named one, or the
+    # synthetic world's for its own embedded sample.
+    oracle_name = args.oracle or ("synthetic" if str(args.prompts) == "sample" else None)
+    oracle = None if oracle_name is None else resolve_oracle(oracle_name)
+    prompts = load_prompts(args.prompts, split=args.split, limit=args.max_prompts, oracle=oracle)
     if args.benign_prompts:
         prompts += load_prompts(
             args.benign_prompts,
@@ -162,9 +168,8 @@ def _run(args: argparse.Namespace) -> int:
             subset="benign",
             category=BENIGN,
         )
-    oracle_scored = args.oracle == "synthetic" and None in (args.reward_model, args.cost_model)
-    if oracle_scored:
-        check_synthetic_prompts(prompts)
+    if args.oracle is not None and None in (args.reward_model, args.cost_model):
+        oracle.check_prompts([p.text for p in prompts])  # before any model loads
     matcher = DEFAULT_MATCHER.extend(full=tuple(args.refusal_phrase))
     progress = not args.no_progress
 

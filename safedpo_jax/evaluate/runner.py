@@ -16,9 +16,9 @@ Prompt sources (`load_prompts`):
 - anything else goes to `safedpo_jax.data.load_rows` (``"sample"``, PKU-SafeRLHF-style
   files and directories, Hub names): its distinct prompts, in first-seen order.
 
-Without a category field, prompts of the synthetic grammar (the ``"sample"`` source, or
-any source when ``synthetic_categories=True``) get ``unsafe`` / ``benign`` from
-`safedpo_jax.data.synthetic.is_harmful`; other prompts stay uncategorised.
+Without a category field, a prompt gets ``unsafe`` / ``benign`` from the world's `Oracle`
+when one is given (``oracle=``, e.g. the synthetic world's for the ``"sample"`` source);
+other prompts stay uncategorised.
 """
 
 from __future__ import annotations
@@ -37,13 +37,12 @@ from tqdm.auto import tqdm
 from safedpo_jax.evaluate.generation import decode, generate
 from safedpo_jax.evaluate.metrics import BENIGN, MAIN, UNSAFE, Category, ScoredResponse
 from safedpo_jax.evaluate.refusal import DEFAULT_MATCHER, RefusalMatcher
-from safedpo_jax.evaluate.scoring import Scorer, check_scores, check_vocabulary
+from safedpo_jax.evaluate.scoring import Oracle, Scorer, check_scores, check_vocabulary
 
 __all__ = [
     "Generation",
     "Prompt",
     "assemble",
-    "check_synthetic_prompts",
     "evaluate_run",
     "generate_responses",
     "load_prompts",
@@ -86,37 +85,6 @@ def _category(value: Any) -> Category | None:
     return _CATEGORY_NAMES[key]
 
 
-def check_synthetic_prompts(prompts: Sequence[Prompt]) -> None:
-    """ValueError naming the prompts that are not from the synthetic world's grammar.
-
-    The synthetic oracle scores only grammar prompts; checking them before any model is
-    loaded or generates turns a late failure into an early one.
-    """
-    from safedpo_jax.data import synthetic
-
-    bad = []
-    for i, p in enumerate(prompts):
-        try:
-            synthetic.is_harmful(p.text)
-        except ValueError:
-            bad.append(f"{i} ({p.subset}) {p.text[:60]!r}")
-    if bad:
-        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
-        raise ValueError(
-            f"--oracle synthetic scores only prompts of the synthetic world, but "
-            f"{len(bad)} of {len(prompts)} prompts are not: {'; '.join(bad[:3])}{more}"
-        )
-
-
-def _synthetic_category(text: str) -> Category | None:
-    from safedpo_jax.data import synthetic
-
-    try:
-        return UNSAFE if synthetic.is_harmful(text) else BENIGN
-    except ValueError:  # not a prompt of the grammar
-        return None
-
-
 def _read_records(path: Path) -> list[dict[str, Any]] | None:
     """Records of a plain prompt file, or None when it is a preference-row file."""
     if path.suffix == ".csv":
@@ -141,13 +109,12 @@ def load_prompts(
     subset: str = MAIN,
     limit: int | None = None,
     category: Category | None = None,
-    synthetic_categories: bool | None = None,
+    oracle: Oracle | None = None,
 ) -> list[Prompt]:
     """The prompts of ``source`` (see the module docstring), the first ``limit`` of them.
 
     ``category`` forces one category on every prompt (``"benign"`` for an over-refusal
-    set); ``synthetic_categories`` (default: ``source == "sample"``) labels uncategorised
-    prompts with the synthetic world's `is_harmful`.
+    set); ``oracle`` (a world's `Oracle`) labels the prompts that carry no category.
     """
     path = Path(str(source)).expanduser()
     records = None
@@ -161,14 +128,12 @@ def load_prompts(
         raw = load_rows(str(source), split=split)
         texts = [p for t in raw.tables for p in t.columns.get("prompt", [])]
         records = [{"prompt": p} for p in dict.fromkeys(texts) if isinstance(p, str) and p.strip()]
-    if synthetic_categories is None:
-        synthetic_categories = str(source) == "sample"
     prompts = []
     for r in records[:limit]:
         text = str(r["prompt"])
         cat = category or _category(r.get("category", r.get("label")))
-        if cat is None and synthetic_categories:
-            cat = _synthetic_category(text)
+        if cat is None and oracle is not None:
+            cat = oracle.category(text)
         prompts.append(Prompt(text, cat, subset))
     if not prompts:
         raise ValueError(f"{source} (split {split!r}) holds no prompts")

@@ -39,7 +39,10 @@ __all__ = [
     "check_scores",
     "check_vocabulary",
     "function_scorer",
+    "ORACLES",
+    "Oracle",
     "oracle_scorers",
+    "resolve_oracle",
 ]
 
 
@@ -119,6 +122,71 @@ def oracle_scorers(
         function_scorer(lambda p, r: getattr(oracle(p, r), reward)),
         function_scorer(lambda p, r: getattr(oracle(p, r), cost)),
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class Oracle:
+    """A world's exact judge, handed to the evaluation as a value (the evaluation never
+    imports a world).
+
+    name: how reports and errors call it.
+    score: ``(prompt, response) -> object`` with ``helpfulness`` and ``cost`` attributes
+      (cost > 0 means unsafe), what the reward and cost models stand in for.
+    is_harmful: ``prompt -> bool``; raises ValueError for a prompt outside the world.
+
+    >>> from types import SimpleNamespace
+    >>> def harmful(p):
+    ...     if not p.endswith("?"):
+    ...         raise ValueError("not a question")
+    ...     return "steal" in p
+    >>> toy = Oracle("toy", lambda p, r: SimpleNamespace(helpfulness=1.0, cost=-1.0), harmful)
+    >>> toy.category("how do i steal ?"), toy.category("hello")
+    ('unsafe', None)
+    """
+
+    name: str
+    score: Callable[[str, str], Any]
+    is_harmful: Callable[[str], bool]
+
+    def scorers(self) -> tuple[Scorer, Scorer]:
+        """(reward scorer, cost scorer), `oracle_scorers` of ``score``."""
+        return oracle_scorers(self.score)
+
+    def category(self, prompt: str) -> str | None:
+        """``"unsafe"`` / ``"benign"`` for a prompt of the world, None for any other."""
+        try:
+            return "unsafe" if self.is_harmful(prompt) else "benign"
+        except ValueError:
+            return None
+
+    def check_prompts(self, prompts: Sequence[str]) -> None:
+        """ValueError naming the prompts this oracle cannot judge (before any generation)."""
+        bad = [f"{i} {p[:60]!r}" for i, p in enumerate(prompts) if self.category(p) is None]
+        if bad:
+            more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+            raise ValueError(
+                f"--oracle {self.name} scores only prompts of its world, but {len(bad)} of "
+                f"{len(prompts)} prompts are not: {'; '.join(bad[:3])}{more}"
+            )
+
+
+# Oracles by name, as ``module:attribute`` (imported when asked for, so the evaluation
+# itself depends on no world).
+ORACLES: dict[str, str] = {"synthetic": "safedpo_jax.worlds.synthetic:ORACLE"}
+
+
+def resolve_oracle(name: str) -> Oracle:
+    """The `Oracle` called ``name`` in `ORACLES`, or at ``module:attribute``."""
+    target = ORACLES.get(name, name)
+    module_name, _, attribute = target.partition(":")
+    if not attribute:
+        raise ValueError(f"unknown oracle {name!r}; known: {sorted(ORACLES)} or module:attr")
+    import importlib
+
+    oracle = getattr(importlib.import_module(module_name), attribute)
+    if not isinstance(oracle, Oracle):
+        raise ValueError(f"{target} is not an Oracle")
+    return oracle
 
 
 def length_buckets(max_length: int, smallest: int = 16) -> tuple[int, ...]:

@@ -44,6 +44,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from safedpo_jax import logprobs, losses, models, sharding
 from safedpo_jax.data import BatchIterator, load_rows, load_tokenizer, tokenize_prompts
 from safedpo_jax.evaluate import generation
+from safedpo_jax.evaluate.scoring import resolve_oracle
 from safedpo_jax.models.options import DTYPES
 from safedpo_jax.train import step as steps
 from safedpo_jax.train.checkpoint import Checkpointer, abstract_like
@@ -551,10 +552,8 @@ def _make_functions(
 
 
 def _oracle_scorers() -> tuple[TextScorer, TextScorer]:
-    from safedpo_jax.data import synthetic
-    from safedpo_jax.evaluate.scoring import oracle_scorers
-
-    return oracle_scorers(synthetic.oracle)
+    """The synthetic world's oracle, by name (`resolve_oracle`: no import of the world)."""
+    return resolve_oracle("synthetic").scorers()
 
 
 def _scorer(

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from safedpo_jax.data import load_tokenizer
-from safedpo_jax.data.synthetic import tokenizer_files
+from safedpo_jax.worlds.synthetic import tokenizer_files
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from safedpo_jax.data import SAMPLE_DIR, load_preference_data, load_rows, validate_rows
-from safedpo_jax.data import synthetic as S
+from safedpo_jax.worlds import synthetic as S
 
 
 def test_regenerating_reproduces_the_committed_files(tmp_path):

@@ -18,7 +18,7 @@ from safedpo_jax.data import (
     tokenize_prompts,
     tokenize_sft,
 )
-from safedpo_jax.data.synthetic import vocabulary
+from safedpo_jax.worlds.synthetic import vocabulary
 
 PROMPT = "how do i bake bread ?"
 PROMPT_TOKENS = ["<s>", "BEGINNING", "OF", "CONVERSATION:", "USER:", "how", "do", "i", "bake"]

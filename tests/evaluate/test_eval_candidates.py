@@ -11,9 +11,9 @@ from safedpo_jax.evaluate.candidates import (
     CandidateSet,
     candidate_logprobs,
     candidate_metrics,
-    synthetic_candidate_sets,
 )
 from safedpo_jax.models import DecoderConfig, init_model
+from safedpo_jax.worlds.synthetic import candidate_sets
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def model_and_tokenizer():
 
 def test_logprobs_equal_a_direct_forward_over_prompt_response_and_eos(model_and_tokenizer):
     model, tok = model_and_tokenizer
-    sets = synthetic_candidate_sets(["how do i steal a car ?", "how do i bake bread ?"])
+    sets = candidate_sets(["how do i steal a car ?", "how do i bake bread ?"])
     got = candidate_logprobs(model, tok, sets, max_length=64, batch_size=16)
     for s, lps in zip(sets, got, strict=True):
         prompt = tok(SAFE_RLHF_TEMPLATE.format(prompt=s.prompt))["input_ids"]
@@ -45,7 +45,7 @@ def test_sharded_logprobs_equal_unsharded(model_and_tokenizer):
     from safedpo_jax.sharding import make_mesh
 
     model, tok = model_and_tokenizer
-    sets = synthetic_candidate_sets(["how do i steal a car ?"])
+    sets = candidate_sets(["how do i steal a car ?"])
     plain = candidate_logprobs(model, tok, sets, max_length=64, batch_size=16)
     mesh = make_mesh(data=2, fsdp=4, tensor=1)
     with jax.set_mesh(mesh):
@@ -55,7 +55,7 @@ def test_sharded_logprobs_equal_unsharded(model_and_tokenizer):
 
 def test_truncating_max_length_is_an_error(model_and_tokenizer):
     model, tok = model_and_tokenizer
-    sets = synthetic_candidate_sets(["how do i steal a car ?"])
+    sets = candidate_sets(["how do i steal a car ?"])
     with pytest.raises(ValueError, match="raise max_length"):
         candidate_logprobs(model, tok, sets, max_length=16)
 

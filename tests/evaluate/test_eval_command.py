@@ -15,11 +15,11 @@ data = pytest.importorskip("safedpo_jax.data")
 from safedpo_jax.evaluate import cli  # noqa: E402
 from safedpo_jax.evaluate.metrics import ScoredResponse, summarize  # noqa: E402
 from safedpo_jax.evaluate.runner import (  # noqa: E402
-    check_synthetic_prompts,
     evaluate_run,
     load_prompts,
 )
 from safedpo_jax.evaluate.scoring import ModelScorer, oracle_scorers  # noqa: E402
+from safedpo_jax.worlds import synthetic  # noqa: E402
 
 
 def _config(vocab: int, **kw) -> "models.DecoderConfig":
@@ -59,7 +59,7 @@ def test_load_prompts_sample_and_files(tmp_path):
     assert sum(p.category == "unsafe" for p in prompts) == 60
     (tmp_path / "p.txt").write_text("how do i bake bread ?\n\nhello\n")
     assert [p.text for p in load_prompts(tmp_path / "p.txt")] == ["how do i bake bread ?", "hello"]
-    assert [p.category for p in load_prompts(tmp_path / "p.txt", synthetic_categories=True)] == [
+    assert [p.category for p in load_prompts(tmp_path / "p.txt", oracle=synthetic.ORACLE)] == [
         "benign",
         None,
     ]
@@ -76,12 +76,12 @@ def test_evaluate_run_with_oracle(exported):
     tok = data.load_tokenizer("sample")
     model = models.from_pretrained(exported["sft"])
     prompts = load_prompts("sample", split="test", limit=10)
-    reward, cost = oracle_scorers(data.synthetic.oracle)
+    reward, cost = oracle_scorers(synthetic.oracle)
     kw = dict(reward=reward, cost=cost, max_new_tokens=6, batch_size=8)
     records = evaluate_run(model, tok, prompts, **kw)
     assert [r.prompt for r in records] == [p.text for p in prompts]
     for r in records:
-        score = data.synthetic.oracle(r.prompt, r.response)
+        score = synthetic.oracle(r.prompt, r.response)
         assert (r.reward, r.cost) == (score.helpfulness, score.cost)
         assert 1 <= r.num_tokens <= 6 and r.subset == "main"
     # the batch size does not change greedy responses
@@ -164,7 +164,7 @@ def test_command_with_a_reward_model(exported, tmp_path):
         records = [ScoredResponse.from_dict(json.loads(s)) for s in lines]
         want = scorer([r.prompt for r in records], [r.response for r in records])
         np.testing.assert_allclose([r.reward for r in records], want, rtol=1e-5, atol=1e-6)
-        costs = [data.synthetic.oracle(r.prompt, r.response).cost for r in records]
+        costs = [synthetic.oracle(r.prompt, r.response).cost for r in records]
         assert [r.cost for r in records] == costs
 
 
@@ -220,5 +220,5 @@ def test_the_synthetic_oracle_refuses_other_prompts_before_generating(tmp_path, 
     assert "never-loaded" not in err
     # The check itself, on the prompt list.
     with pytest.raises(ValueError, match="not"):
-        check_synthetic_prompts(load_prompts(tmp_path / "p.txt"))
-    check_synthetic_prompts(load_prompts(tmp_path / "p.txt")[:1])
+        synthetic.ORACLE.check_prompts([p.text for p in load_prompts(tmp_path / "p.txt")])
+    synthetic.ORACLE.check_prompts([p.text for p in load_prompts(tmp_path / "p.txt")[:1]])

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from safedpo_jax.data import synthetic
+from safedpo_jax.worlds import synthetic
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -54,11 +54,11 @@ sample tokenizer (678 words and specials).
 
 Regenerate the committed files (byte for byte; a test checks it)::
 
-    python -m safedpo_jax.data.synthetic --out safedpo_jax/data/sample
+    python -m safedpo_jax.worlds.synthetic --out safedpo_jax/data/sample
 
 and write another world where you want it::
 
-    python -m safedpo_jax.data.synthetic --world adversarial --out DIR
+    python -m safedpo_jax.worlds.synthetic --world adversarial --out DIR
 
 Example:
 
@@ -82,7 +82,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from safedpo_jax.evaluate.candidates import CandidateSet
+from safedpo_jax.evaluate.scoring import Oracle
+
 __all__ = [
+    "ORACLE",
+    "candidate_sets",
     "CELLS",
     "DEFAULT_WORLD",
     "HARM_WORDS",
@@ -1129,10 +1136,10 @@ def tokenizer_files(*, pad_token: str = "<pad>") -> dict[str, str]:
 README = """\
 # Synthetic world `{world}` (generated; do not edit)
 
-Made by `python -m safedpo_jax.data.synthetic --world {world} --out DIR` (seed {seed}).
+Made by `python -m safedpo_jax.worlds.synthetic --world {world} --out DIR` (seed {seed}).
 The text is SYNTHETIC: a small grammar of harmful and benign how-to prompts, responses of
 known kinds (detailed or one-step compliance, safe redirect, refusal, vague answer) and
-preference labels computed by `safedpo_jax.data.synthetic.oracle`. See that module.
+preference labels computed by `safedpo_jax.worlds.synthetic.oracle`. See that module.
 
 World `{world}`: {description}.
 
@@ -1205,7 +1212,7 @@ def write_sample(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m safedpo_jax.data.synthetic --out DIR [--world NAME] [--seed N]``."""
+    """``python -m safedpo_jax.worlds.synthetic --out DIR [--world NAME] [--seed N]``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--out", required=True, help="directory to write the sample into")
     parser.add_argument("--world", default=DEFAULT_WORLD, choices=sorted(WORLDS))
@@ -1218,3 +1225,32 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def candidate_sets(prompts: Sequence[str]) -> list[CandidateSet]:
+    """The known response sets of this world's prompts (`candidate_responses`), for the
+    evaluation's exact metrics (`safedpo_jax.evaluate.candidates`).
+
+    >>> s = candidate_sets(["how do i steal a car ?"])[0]
+    >>> len(s.texts), int(s.unsafe.sum()), int(s.refusal.sum()), s.category
+    (35, 27, 4, 'unsafe')
+    """
+    out = []
+    for prompt in prompts:
+        cands = candidate_responses(prompt)
+        out.append(
+            CandidateSet(
+                prompt=prompt,
+                texts=tuple(c.text for c in cands),
+                unsafe=np.array([not c.safe for c in cands]),
+                helpfulness=np.array([c.helpfulness for c in cands], np.float64),
+                cost=np.array([c.cost for c in cands], np.float64),
+                refusal=np.array([c.kind == "refusal" for c in cands]),
+                category="unsafe" if is_harmful(prompt) else "benign",
+            )
+        )
+    return out
+
+
+# The world's judge as the evaluation takes it (`safedpo_jax.evaluate.scoring.Oracle`).
+ORACLE = Oracle(name="synthetic", score=oracle, is_harmful=is_harmful)
