@@ -240,17 +240,22 @@ def train(config: TrainConfig) -> TrainResult:
             random_init={"config": config.model_config, "seed": config.seed}
             if ref_path is None
             else None,
+            resolve=models.hf.resolve,
         )
+        tokenizer_fp = ref_cache.tokenizer_fingerprint(tokenizer)
         logps_fn = setup.reference_logps()
         for split, ds in (("train", train_ds), ("eval", eval_ds)):
             if ds is None:
                 continue
-            key = ref_cache.cache_key(
-                fingerprint,
-                ref_cache.dataset_fingerprint(ds),
-                dtype=config.dtype,
-                chunk_size=config.logprob_chunk_size,
+            facts = ref_cache.cache_facts(
+                config,
+                split=config.split if split == "train" else str(config.eval_split),
+                model_fp=fingerprint,
+                dataset_fp=ref_cache.dataset_fingerprint(ds),
+                tokenizer_fp=tokenizer_fp,
+                mesh_shape=dict(mesh.shape),
             )
+            key = ref_cache.cache_key(facts)
             values, path, hit = ref_cache.load_or_compute(
                 config.ref_cache_dir,
                 key,
@@ -261,6 +266,7 @@ def train(config: TrainConfig) -> TrainResult:
                     batch_size=config.batch_size,
                 ),
                 expected_rows=len(ds),
+                facts=facts,
             )
             cached[split] = values
             if primary:
