@@ -96,6 +96,9 @@ class TrainConfig:
         only at the end).
       eval_batches: cap on held-out batches per evaluation (None: the whole split).
       export: write the final policy in Hugging Face format to ``output_dir/hf``.
+      overwrite_output_dir: when ``output_dir`` holds a run whose configuration differs
+        (`safedpo_jax.train.rundir`), move it aside to ``OUTPUT_DIR.replaced-<time>`` and
+        start over instead of stopping.
     """
 
     # model
@@ -156,6 +159,7 @@ class TrainConfig:
     eval_every: int = 0
     eval_batches: int | None = None
     export: bool = True
+    overwrite_output_dir: bool = False
 
     def __post_init__(self) -> None:
         checks = [
