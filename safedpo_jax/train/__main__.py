@@ -18,10 +18,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save at INFO
     from safedpo_jax.data import DataError
     from safedpo_jax.train.loop import NonFiniteError, train
+    from safedpo_jax.train.rundir import RunDirError
 
     try:
         result = train(config)
-    except (DataError, NonFiniteError, ValueError) as e:
+    except (DataError, NonFiniteError, RunDirError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"done: step {result.step}, output in {result.output_dir}", flush=True)

@@ -36,6 +36,7 @@ from safedpo_jax.data import (
     load_tokenizer,
 )
 from safedpo_jax.train import reference as ref_cache
+from safedpo_jax.train import rundir
 from safedpo_jax.train import step as steps
 from safedpo_jax.train.checkpoint import Checkpointer, abstract_like
 from safedpo_jax.train.config import TrainConfig
@@ -191,13 +192,19 @@ def _scalar_metrics(metrics: dict[str, jax.Array]) -> dict[str, float]:
 
 
 def train(config: TrainConfig) -> TrainResult:
-    """Runs (or resumes) training as ``config`` says; see the module docstring."""
+    """Runs (or resumes) training as ``config`` says; see the module docstring.
+
+    The output directory is locked for the run's life and resumed only if it holds this
+    run (`safedpo_jax.train.rundir.claim`).
+    """
     initialize_distributed(config)
+    with rundir.claim(config):
+        return _train(config)
+
+
+def _train(config: TrainConfig) -> TrainResult:
     primary = jax.process_index() == 0
     output_dir = Path(config.output_dir)
-    if primary:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "config.json").write_text(config.to_json())
     mesh = sharding.make_mesh(config.mesh_data, config.mesh_fsdp, config.mesh_tensor)
 
     tokenizer = load_tokenizer(tokenizer_source(config))
