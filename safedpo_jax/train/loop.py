@@ -301,9 +301,11 @@ def _train(config: TrainConfig) -> TrainResult:
         resumed_from, state, meta = restored
         iterator.restore(meta["data"])
         start = resumed_from
-        metrics_log.truncate_after(resumed_from)
         if primary:
             print(f"resumed from {checkpointer.directory / str(resumed_from)}", flush=True)
+    # Records past the restored step (all of them, when there was no checkpoint yet) are
+    # the steps this launch redoes.
+    metrics_log.truncate_after(start)
 
     eval_fn = None
     if eval_ds is not None:
