@@ -183,3 +183,10 @@ def test_after_a_resume_tensorboard_holds_each_step_once(tmp_path):
     for tag, step, value in scalars:
         if tag != "tokens_per_s":
             assert value == pytest.approx(jsonl[(tag, step)], rel=1e-6), (tag, step)
+    # Killed before the first checkpoint: the relaunch starts over and the records of the
+    # lost launch go, from both outputs.
+    shutil.rmtree(tmp_path / "run" / "checkpoints")
+    assert train(config).resumed_from is None
+    assert [r["step"] for r in read_metrics(tmp_path / "run")] == [1, 2, 3, 4]
+    again = Counter((tag, step) for tag, step, _ in read_scalars(tmp_path / "run" / "tensorboard"))
+    assert again == straight
