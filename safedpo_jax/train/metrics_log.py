@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import struct
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,10 @@ class MetricsLog:
         if self._use_tb and self._tb is None:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.tensorboard_dir))
+            # A unique suffix: tensorboardX names files by the second, and a writer that
+            # reused an earlier launch's name would overwrite its events.
+            suffix = f".{os.getpid()}.{time.time_ns()}"
+            self._tb = SummaryWriter(str(self.tensorboard_dir), filename_suffix=suffix)
         if self._tb is not None:
             for name, value in record.items():
                 if name != "step" and isinstance(value, int | float) and math.isfinite(value):

@@ -20,7 +20,7 @@ from test_train import MICRO, ROOT, micro_config, read_metrics
 
 from safedpo_jax.train import rundir
 from safedpo_jax.train.loop import train
-from safedpo_jax.train.metrics_log import read_scalars
+from safedpo_jax.train.metrics_log import MetricsLog, read_scalars
 
 
 def snapshot(directory: Path) -> dict[str, bytes]:
@@ -165,6 +165,25 @@ def test_the_lock_of_another_process_is_respected_and_dies_with_it(tmp_path):
 
 
 # ---------------------------------------------------------------------------- TensorBoard
+def test_metrics_log_truncation_cuts_tensorboard_events_too(tmp_path):
+    first = MetricsLog(tmp_path, enabled=True)
+    for step in (1, 2, 3, 4):
+        first.write(step, {"loss": float(step), "grad_norm": 10.0 * step})
+    first.close()  # killed after step 4; the newest checkpoint is step 2
+    resumed = MetricsLog(tmp_path, enabled=True)
+    resumed.truncate_after(2)
+    for step in (3, 4):
+        resumed.write(step, {"loss": step + 0.5, "grad_norm": 10.0 * step})
+    resumed.close()
+    scalars = sorted(read_scalars(tmp_path / "tensorboard"))
+    assert scalars == sorted(
+        [("loss", 1, 1.0), ("loss", 2, 2.0), ("loss", 3, 3.5), ("loss", 4, 4.5)]
+        + [("grad_norm", s, 10.0 * s) for s in (1, 2, 3, 4)]
+    )
+    assert [r["loss"] for r in resumed.read()] == [1.0, 2.0, 3.5, 4.5]
+
+
+@pytest.mark.slow
 def test_after_a_resume_tensorboard_holds_each_step_once(tmp_path):
     config = micro_config(tmp_path, "run", eval_split=None, max_steps=4, save_every=2)
     train(config)
