@@ -96,9 +96,9 @@ class TrainConfig:
         only at the end).
       eval_batches: cap on held-out batches per evaluation (None: the whole split).
       export: write the final policy in Hugging Face format to ``output_dir/hf``.
-      overwrite_output_dir: when ``output_dir`` holds a run whose configuration differs
-        (`safedpo_jax.train.rundir`), move it aside to ``OUTPUT_DIR.replaced-<time>`` and
-        start over instead of stopping.
+      overwrite_output_dir: when ``output_dir`` already holds a run, move it aside to
+        ``OUTPUT_DIR.replaced-<time>`` and start over (without it, a run with the same
+        configuration resumes and a different one stops; `safedpo_jax.train.rundir`).
     """
 
     # model

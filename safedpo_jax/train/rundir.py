@@ -16,9 +16,9 @@
    which lists each differing field with both values and the ways out: another
    ``--output-dir``, or ``--overwrite-output-dir true``. Nothing in the directory has been
    changed at that point.
-3. **Overwrite.** With ``overwrite_output_dir`` a directory holding a run is not deleted:
-   its contents are moved aside, into the sibling ``OUTPUT_DIR.replaced-<UTC time>``,
-   and the new run starts empty.
+3. **Overwrite.** With ``overwrite_output_dir`` a directory holding a run (matching or
+   not) is not deleted: its contents are moved aside, into the sibling
+   ``OUTPUT_DIR.replaced-<UTC time>``, and the new run starts empty.
 4. **Record.** Only then is ``config.json`` written (to a temporary file, then renamed).
 
 Every process runs the comparison (they read the same file); only process 0 locks,
@@ -159,12 +159,14 @@ def _write_text_atomic(path: Path, text: str) -> None:
 def check_identity(directory: str | Path, config: Any) -> bool:
     """Raises `RunDirMismatch` unless ``directory``'s run may be resumed by ``config``.
 
-    Returns whether the directory holds a run that must be moved aside first (only with
-    ``config.overwrite_output_dir``). Reads only.
+    Returns whether the directory holds a run that must be moved aside first: any run,
+    matching or not, when ``config.overwrite_output_dir`` is set. Reads only.
     """
     directory = Path(directory)
     if not holds_run(directory):
         return False
+    if config.overwrite_output_dir:
+        return True
     launch = json.loads(config.to_json())
     recorded = directory / CONFIG_FILE
     way_out = (
@@ -183,8 +185,6 @@ def check_identity(directory: str | Path, config: Any) -> bool:
             return False
         shown = "; ".join(f"{n}: {on_disk.get(n)!r} -> {launch.get(n)!r}" for n in diff)
         problem = f"{directory} holds a run with a different configuration ({shown})"
-    if config.overwrite_output_dir:
-        return True
     raise RunDirMismatch(f"{problem}. Nothing was changed; {way_out}.")
 
 

@@ -209,3 +209,23 @@ def test_after_a_resume_tensorboard_holds_each_step_once(tmp_path):
     assert [r["step"] for r in read_metrics(tmp_path / "run")] == [1, 2, 3, 4]
     again = Counter((tag, step) for tag, step, _ in read_scalars(tmp_path / "run" / "tensorboard"))
     assert again == straight
+
+
+def test_check_identity_and_move_aside_on_a_recorded_config(tmp_path):
+    config = micro_config(tmp_path, "run")
+    run = tmp_path / "run"
+    assert rundir.check_identity(run, config) is False  # nothing there yet
+    with rundir.claim(config):
+        pass
+    (run / "metrics.jsonl").write_text('{"step": 1}\n')
+    assert rundir.check_identity(run, config) is False  # the same run: resume
+    assert rundir.check_identity(run, config.replace(save_every=7)) is False
+    with pytest.raises(rundir.RunDirMismatch, match=r"\(beta: 0\.1 -> 0\.3; seed: 42 -> 1\)"):
+        rundir.check_identity(run, config.replace(beta=0.3, seed=1))
+    # --overwrite-output-dir starts over whether or not the run matches.
+    assert rundir.check_identity(run, config.replace(overwrite_output_dir=True)) is True
+    with rundir.claim(config.replace(beta=0.3, overwrite_output_dir=True)):
+        (aside,) = tmp_path.glob("run.replaced-*")
+        assert sorted(p.name for p in aside.iterdir()) == ["config.json", "metrics.jsonl"]
+        assert sorted(p.name for p in run.iterdir()) == [rundir.LOCK_FILE, "config.json"]
+    assert json.loads((run / "config.json").read_text())["beta"] == 0.3
