@@ -17,11 +17,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save at INFO
     from safedpo_jax.data import DataError
+    from safedpo_jax.train.checkpoint import CheckpointMismatch, CheckpointWriteError
     from safedpo_jax.train.loop import NonFiniteError, train
+    from safedpo_jax.train.reference import CacheWriteError
+    from safedpo_jax.train.rundir import RunDirError
 
+    errors = (CacheWriteError, CheckpointMismatch, CheckpointWriteError, RunDirError)
     try:
         result = train(config)
-    except (DataError, NonFiniteError, ValueError) as e:
+    except (DataError, NonFiniteError, ValueError, *errors) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"done: step {result.step}, output in {result.output_dir}", flush=True)

@@ -118,6 +118,9 @@ class TrainConfig:
         only at the end).
       eval_batches: cap on held-out batches per evaluation (None: the whole split).
       export: write the final policy in Hugging Face format to ``output_dir/hf``.
+      overwrite_output_dir: when ``output_dir`` already holds a run, move it aside to
+        ``OUTPUT_DIR.replaced-<time>`` and start over (without it, a run with the same
+        configuration resumes and a different one stops; `safedpo_jax.train.rundir`).
     """
 
     # model
@@ -186,6 +189,7 @@ class TrainConfig:
     eval_every: int = 0
     eval_batches: int | None = None
     export: bool = True
+    overwrite_output_dir: bool = False
 
     def __post_init__(self) -> None:
         for name, annotation in _hints().items():

@@ -28,6 +28,7 @@ from jax.experimental import multihost_utils
 from safedpo_jax import losses, models, sharding
 from safedpo_jax.data import BatchIterator, DataSummary, MissingSplitError, load_tokenizer
 from safedpo_jax.train import reference as ref_cache
+from safedpo_jax.train import rundir
 from safedpo_jax.train import step as steps
 from safedpo_jax.train.checkpoint import Checkpointer, abstract_like
 from safedpo_jax.train.config import TrainConfig
@@ -100,12 +101,8 @@ def load_datasets(
 
 def prepare(config: TrainConfig) -> Run:
     """Output directory, data, models, optimizer, state and (if asked) cached reference."""
-    initialize_distributed(config)
     primary = jax.process_index() == 0
-    output_dir = Path(config.output_dir)
-    if primary:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "config.json").write_text(config.to_json())
+    output_dir = Path(config.output_dir)  # claimed by `train` (rundir.claim) before this
     mesh = sharding.make_mesh(config.mesh_data, config.mesh_fsdp, config.mesh_tensor)
 
     tokenizer = load_tokenizer(tokenizer_source(config))
@@ -147,14 +144,8 @@ def prepare(config: TrainConfig) -> Run:
         cached = ref_cache.cache_reference(
             setup,
             datasets,
-            reference_path=ref_path,
-            random_init=None
-            if ref_path is not None
-            else {"config": config.model_config, "seed": config.seed},
-            cache_dir=config.ref_cache_dir,
-            batch_size=config.batch_size,
-            dtype=config.dtype,
-            chunk_size=config.logprob_chunk_size,
+            config=config,
+            tokenizer=tokenizer,
             announce=(lambda text: print(text, flush=True)) if primary else None,
         )
     return Run(
@@ -237,9 +228,11 @@ def run_steps(run: Run) -> TrainResult:
         resumed_from, state, meta = restored
         iterator.restore(meta["data"])
         start = resumed_from
-        metrics_log.truncate_after(resumed_from)
         if run.primary:
             print(f"resumed from {checkpointer.directory / str(resumed_from)}", flush=True)
+    # Records past the restored step (all of them, when there was no checkpoint yet) are
+    # the steps this launch redoes.
+    metrics_log.truncate_after(start)
 
     eval_fn = None
     if run.eval_ds is not None:
@@ -319,9 +312,15 @@ def export(run: Run, state: steps.TrainState) -> Path:
 
 
 def train(config: TrainConfig) -> TrainResult:
-    """Runs (or resumes) training as ``config`` says; see the module docstring."""
-    run = prepare(config)
-    result = run_steps(run)
-    if config.export:
-        result.export_dir = export(run, result.state)
-    return result
+    """Runs (or resumes) training as ``config`` says; see the module docstring.
+
+    The output directory is locked for the run's life and resumed only if it holds this
+    run (`safedpo_jax.train.rundir.claim`, which also writes ``config.json``).
+    """
+    initialize_distributed(config)
+    with rundir.claim(config):
+        run = prepare(config)
+        result = run_steps(run)
+        if config.export:
+            result.export_dir = export(run, result.state)
+        return result

@@ -1,21 +1,32 @@
 """Metric output: one JSON object per logged step in ``metrics.jsonl``, and TensorBoard.
 
 Only the primary process (``jax.process_index() == 0``) writes; on other processes a
-`MetricsLog` is a no-op. On resumption the lines after the restored step are removed
-first, so a resumed run's file reads exactly like an uninterrupted run's.
+`MetricsLog` is a no-op. On resumption the records after the restored step are removed
+first, from ``metrics.jsonl`` and from the TensorBoard event files alike, so a resumed
+run's output holds each step once and reads exactly like an uninterrupted run's. A final
+line torn by a crash mid-write is dropped there too.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
-from collections.abc import Mapping
+import os
+import struct
+import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 class MetricsLog:
     """Appends ``{"step": s, **metrics}`` lines to ``output_dir/metrics.jsonl``.
+
+    The TensorBoard writer (``output_dir/tensorboard``) opens at the first `write`, after
+    any `truncate_after`, so a new event file never sits beside events it would repeat.
 
     >>> import tempfile
     >>> d = tempfile.mkdtemp()
@@ -27,14 +38,12 @@ class MetricsLog:
 
     def __init__(self, output_dir: str | Path, *, enabled: bool, tensorboard: bool = True):
         self.path = Path(output_dir) / "metrics.jsonl"
+        self.tensorboard_dir = Path(output_dir) / "tensorboard"
         self.enabled = enabled
-        self._tb = None
+        self._use_tb = tensorboard
+        self._tb: Any = None
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            if tensorboard:
-                from tensorboardX import SummaryWriter
-
-                self._tb = SummaryWriter(str(Path(output_dir) / "tensorboard"))
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
         if not self.enabled:
@@ -42,6 +51,13 @@ class MetricsLog:
         record = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+        if self._use_tb and self._tb is None:
+            from tensorboardX import SummaryWriter
+
+            # A unique suffix: tensorboardX names files by the second, and a writer that
+            # reused an earlier launch's name would overwrite its events.
+            suffix = f".{os.getpid()}.{time.time_ns()}"
+            self._tb = SummaryWriter(str(self.tensorboard_dir), filename_suffix=suffix)
         if self._tb is not None:
             for name, value in record.items():
                 if name != "step" and isinstance(value, int | float) and math.isfinite(value):
@@ -49,20 +65,102 @@ class MetricsLog:
             self._tb.flush()
 
     def read(self) -> list[dict[str, Any]]:
+        """The records on disk; a torn last line (a crash mid-write) is left out."""
         if not self.path.exists():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        lines = [line for line in self.path.read_text().splitlines() if line.strip()]
+        records = []
+        for i, line in enumerate(lines):
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                if i != len(lines) - 1:
+                    raise ValueError(f"{self.path}: line {i + 1} is not JSON") from None
+                log.warning("%s: dropping a torn last line %r", self.path, line[:80])
+        return records
 
     def truncate_after(self, step: int) -> None:
-        """Drops the records of steps after ``step`` (those a resumed run will redo)."""
-        if not self.enabled or not self.path.exists():
+        """Drops the records of steps after ``step`` (those a resumed run will redo).
+
+        Both ``metrics.jsonl`` and every TensorBoard event file are rewritten (to a
+        temporary file, then renamed).
+        """
+        if not self.enabled:
             return
-        kept = [r for r in self.read() if r["step"] <= step]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        if self.path.exists():
+            kept = [r for r in self.read() if r["step"] <= step]
+            _replace(self.path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+        if self.tensorboard_dir.is_dir():
+            for events in sorted(self.tensorboard_dir.glob("events.out.tfevents.*")):
+                truncate_events(events, step)
 
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+def _replace(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _records(path: Path) -> Iterator[tuple[bytes, bytes]]:
+    """``(raw record, payload)`` of each complete TFRecord in ``path`` (a torn tail is skipped).
+
+    A TFRecord is: uint64 length, uint32 CRC of it, the payload, uint32 CRC of that.
+    """
+    data = path.read_bytes()
+    pos = 0
+    while pos + 12 <= len(data):
+        (length,) = struct.unpack("<Q", data[pos : pos + 8])
+        end = pos + 12 + length + 4
+        if end > len(data):
+            break
+        yield data[pos:end], data[pos + 12 : pos + 12 + length]
+        pos = end
+
+
+def read_events(path: str | Path) -> list[Any]:
+    """The TensorBoard ``Event`` protos of one event file, in order."""
+    from tensorboardX.proto import event_pb2
+
+    events = []
+    for _, payload in _records(Path(path)):
+        event = event_pb2.Event()
+        event.ParseFromString(payload)
+        events.append(event)
+    return events
+
+
+def read_scalars(tensorboard_dir: str | Path) -> list[tuple[str, int, float]]:
+    """Every scalar ``(tag, step, value)`` in the event files of ``tensorboard_dir``."""
+    out = []
+    for path in sorted(Path(tensorboard_dir).glob("events.out.tfevents.*")):
+        for event in read_events(path):
+            for value in event.summary.value:
+                out.append((value.tag, int(event.step), float(value.simple_value)))
+    return out
+
+
+def truncate_events(path: Path, step: int) -> None:
+    """Rewrites the event file ``path`` without the summaries of steps after ``step``."""
+    from tensorboardX.proto import event_pb2
+
+    kept, dropped = [], 0
+    for raw, payload in _records(path):
+        event = event_pb2.Event()
+        event.ParseFromString(payload)
+        if event.HasField("summary") and event.step > step:
+            dropped += 1
+        else:
+            kept.append(raw)
+    if dropped or sum(map(len, kept)) != path.stat().st_size:
+        _replace(path, b"".join(kept))
 
 
 def _plain(value: Any) -> Any:
