@@ -8,11 +8,11 @@ from collections.abc import Sequence
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from safedpo_jax.train.config import parse_args
+    from safedpo_jax.train.config import format_config, parse_args
 
     config, ns = parse_args(argv)
     if ns.print_config:
-        print(config.to_json())
+        print(format_config(config, ns.print_config), end="")
         return 0
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save at INFO
