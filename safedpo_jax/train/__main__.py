@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Sequence
 
 
@@ -14,18 +15,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ns.print_config:
         print(format_config(config, ns.print_config), end="")
         return 0
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save at INFO
+    _quiet_logging()
+    import datasets
+    import jax
+
     from safedpo_jax.data import DataError
+    from safedpo_jax.train.console import closing_summary
     from safedpo_jax.train.loop import NonFiniteError, train
 
+    datasets.disable_progress_bars()  # "Generating train split" bars; the data summary says it
+    start = time.perf_counter()
     try:
         result = train(config)
     except (DataError, NonFiniteError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"done: step {result.step}, output in {result.output_dir}", flush=True)
+    if jax.process_index() == 0:
+        summary = closing_summary(
+            steps=result.step,
+            seconds=time.perf_counter() - start,
+            resumed_from=result.resumed_from,
+            metrics=result.metrics,
+            eval_metrics=result.eval_metrics,
+            output_dir=result.output_dir,
+            export_dir=result.export_dir,
+        )
+        print(summary, flush=True)
     return 0
+
+
+def _quiet_logging() -> None:
+    """The library's INFO messages; others' WARNINGs only (no backend probing on CPU)."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("safedpo_jax").setLevel(logging.INFO)
 
 
 if __name__ == "__main__":
