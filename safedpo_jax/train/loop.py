@@ -27,6 +27,7 @@ from jax.experimental import multihost_utils
 
 from safedpo_jax import losses, models, sharding
 from safedpo_jax.data import BatchIterator, DataSummary, load_tokenizer
+from safedpo_jax.train import console
 from safedpo_jax.train import reference as ref_cache
 from safedpo_jax.train import step as steps
 from safedpo_jax.train.checkpoint import Checkpointer, abstract_like
@@ -199,6 +200,7 @@ def _evaluate(run: Run, eval_fn: Any, params: Any) -> dict[str, float]:
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
+
     def batches() -> Any:
         for i, host in enumerate(host_batches()):
             if config.eval_batches is not None and i >= config.eval_batches:
@@ -273,6 +275,8 @@ def run_steps(run: Run) -> TrainResult:
                 if eval_fn is not None and config.eval_every and done % config.eval_every == 0:
                     eval_metrics = _evaluate(run, eval_fn, state.params)
                     metrics_log.write(done, eval_metrics)
+                    if run.primary:
+                        bar.write(console.eval_line(done, eval_metrics))
                 if done % config.save_every == 0:
                     checkpointer.save(
                         done, state, {"data": iterator.state(), "step": done}, force=True
@@ -282,6 +286,8 @@ def run_steps(run: Run) -> TrainResult:
             if eval_fn is not None and start < total_steps and final_eval_due:
                 eval_metrics = _evaluate(run, eval_fn, state.params)
                 metrics_log.write(total_steps, eval_metrics)
+                if run.primary:
+                    bar.write(console.eval_line(total_steps, eval_metrics))
             if total_steps not in checkpointer.steps():
                 checkpointer.save(
                     total_steps, state, {"data": iterator.state(), "step": total_steps}, force=True
