@@ -1,4 +1,5 @@
-"""Metric output: one JSON object per logged step in ``metrics.jsonl``, and TensorBoard.
+"""Metric output: one JSON object per logged step in ``metrics.jsonl``, TensorBoard and,
+optionally, Weights & Biases (`MetricsLog.for_run`, ``--report-to``).
 
 Only the primary process (``jax.process_index() == 0``) writes; on other processes a
 `MetricsLog` is a no-op. On resumption the lines after the restored step are removed
@@ -7,8 +8,10 @@ first, so a resumed run's file reads exactly like an uninterrupted run's.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,16 +28,45 @@ class MetricsLog:
     [{'step': 1, 'loss': 0.5}]
     """
 
-    def __init__(self, output_dir: str | Path, *, enabled: bool, tensorboard: bool = True):
+    def __init__(
+        self,
+        output_dir: str | Path,
+        *,
+        enabled: bool,
+        tensorboard: bool = True,
+        wandb: Mapping[str, Any] | None = None,
+    ):
         self.path = Path(output_dir) / "metrics.jsonl"
         self.enabled = enabled
         self._tb = None
+        self._wandb: Any = None
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if tensorboard:
                 from tensorboardX import SummaryWriter
 
                 self._tb = SummaryWriter(str(Path(output_dir) / "tensorboard"))
+            if wandb is not None:
+                self._wandb = _start_wandb(Path(output_dir), wandb)
+
+    @classmethod
+    def for_run(cls, config: Any, output_dir: str | Path, *, enabled: bool) -> MetricsLog:
+        """The log a `TrainConfig` asks for: ``report_to`` in tensorboard / wandb / all /
+        none (metrics.jsonl always); the W&B run is named ``run_name`` (else the output
+        directory's name) and holds the whole config."""
+        report_to = config.report_to
+        wandb = None
+        if report_to in ("wandb", "all"):
+            wandb = {
+                "name": config.run_name or Path(output_dir).resolve().name,
+                "config": dataclasses.asdict(config),
+            }
+        return cls(
+            output_dir,
+            enabled=enabled,
+            tensorboard=report_to in ("tensorboard", "all"),
+            wandb=wandb,
+        )
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
         if not self.enabled:
@@ -47,6 +79,9 @@ class MetricsLog:
                 if name != "step" and isinstance(value, int | float) and math.isfinite(value):
                     self._tb.add_scalar(name, value, step)
             self._tb.flush()
+        if self._wandb is not None:
+            scalars = {k: v for k, v in record.items() if k != "step"}
+            self._wandb.log(scalars, step=int(step))
 
     def read(self) -> list[dict[str, Any]]:
         if not self.path.exists():
@@ -63,6 +98,40 @@ class MetricsLog:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
+
+
+WANDB_ID_FILE = "wandb_run_id"
+
+
+def _start_wandb(output_dir: Path, settings: Mapping[str, Any]) -> Any:
+    """A W&B run for ``output_dir``: the project from ``WANDB_PROJECT`` (default
+    safedpo_jax), files under ``output_dir``, and one run id kept in ``output_dir`` so a
+    resumed training run continues the same W&B run. ``WANDB_MODE=offline`` logs without
+    a network (``wandb sync`` uploads later)."""
+    try:
+        import wandb
+    except ImportError:
+        raise RuntimeError(
+            "--report-to wandb needs the wandb package: pip install wandb "
+            "(or pick --report-to tensorboard / none)"
+        ) from None
+    id_file = output_dir / WANDB_ID_FILE
+    if id_file.exists():
+        run_id = id_file.read_text().strip()
+    else:
+        run_id = wandb.util.generate_id()
+        id_file.write_text(run_id + "\n")
+    return wandb.init(
+        project=os.environ.get("WANDB_PROJECT", "safedpo_jax"),
+        name=settings["name"],
+        config=dict(settings["config"]),
+        dir=str(output_dir),
+        id=run_id,
+        resume="allow",
+    )
 
 
 def _plain(value: Any) -> Any:
