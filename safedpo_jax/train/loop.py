@@ -226,7 +226,7 @@ def run_steps(run: Run) -> TrainResult:
     checkpointer = Checkpointer(
         run.output_dir / "checkpoints", save_every=config.save_every, keep=config.keep_checkpoints
     )
-    metrics_log = MetricsLog(run.output_dir, enabled=run.primary)
+    metrics_log = MetricsLog.for_run(config, run.output_dir, enabled=run.primary)
     start, resumed_from = 0, None
     restored = checkpointer.restore_latest(abstract_like(state))
     if restored is not None:
