@@ -3,6 +3,7 @@ constraints.txt; torch and TRL are not dependencies of the library."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -71,7 +72,13 @@ def test_scripts_run_installs_only_the_extras_a_command_needs(fake_venv):
     bench = run("experiments/benchmarks/vs_trl.py")
     assert _installs(bench) == [".[test,bench] -c constraints.txt"]
     assert _installs(run("-m", "pytest")) == [] and _installs(run("experiments/sweeps.py")) == []
-    # a changed pyproject.toml or constraints.txt rebuilds with what the command needs
+    # what is installed stays installed: extending a bench-only environment for pytest
+    digest = hashlib.sha256(
+        (ROOT / "pyproject.toml").read_bytes() + (ROOT / "constraints.txt").read_bytes()
+    ).hexdigest()
     stamp = venv / ".safedpo-installed"
+    stamp.write_text(f"{digest} bench\n")
+    assert _installs(run("-m", "pytest")) == [".[bench,test] -c constraints.txt"]
+    # a changed pyproject.toml or constraints.txt rebuilds with what the command needs
     stamp.write_text("0" * 64 + " test,bench\n")
     assert _installs(run("-m", "pytest")) == [".[test] -c constraints.txt"]
