@@ -193,12 +193,12 @@ def evaluate_policies(
 
 COLUMNS = (
     ("harmless_ratio", "harmless ratio", "{:.1%}"),
-    ("unsafe_mass", "unsafe mass (exact)", "{:.2e}"),
+    ("unsafe_mass", "unsafe mass (exact)", "{:.3f}"),
     ("helpfulness", "helpfulness", "{:.3f}"),
     ("helpfulness_normalized", "helpfulness (SFT=0, HELPFUL=10)", "{:.2f}"),
     ("expected_helpfulness", "helpfulness (exact)", "{:.3f}"),
     ("over_refusal", "over-refusal", "{:.1%}"),
-    ("refusal_mass_benign", "refusal mass on benign (exact)", "{:.2e}"),
+    ("refusal_mass_benign", "refusal mass on benign (exact)", "{:.3f}"),
 )
 
 
