@@ -19,7 +19,7 @@ def test_torch_and_trl_are_extras_not_dependencies():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     names = lambda reqs: {r.split(">")[0].split("=")[0].split("[")[0] for r in reqs}  # noqa: E731
     assert not names(project["dependencies"]) & {"torch", "trl", "pytest"}
-    assert {"pytest", "torch"} <= names(project["optional-dependencies"]["test"])
+    assert {"pytest", "torch", "trl"} <= names(project["optional-dependencies"]["test"])  # peers
     assert "trl" in names(project["optional-dependencies"]["bench"])
 
 
