@@ -55,9 +55,9 @@ def eval_line(step: int, metrics: Mapping[str, float]) -> str:
     """The console line of a held-out evaluation.
 
     >>> eval_line(20, {"eval/loss": 0.5})
-    'held-out @ 20   loss 0.5000'
+    'held-out      step 20   loss 0.5000'
     """
-    return f"{f'held-out @ {step}':<{LABEL_WIDTH}} {headline(metrics, 'eval/')}"
+    return f"{'held-out':<{LABEL_WIDTH}}step {step}   {headline(metrics, 'eval/')}"
 
 
 def closing_summary(

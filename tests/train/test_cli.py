@@ -157,3 +157,35 @@ def test_paper_experiment_configs_hold_config_file_settings(tmp_path):
             path = tmp_path / f"{file.stem}_{name}.json"
             path.write_text(json.dumps(block))
             load_config_file(path)  # raises on an unknown field or a wrong type
+
+
+@pytest.mark.slow
+def test_a_run_prints_the_summary_evaluations_and_no_backend_noise(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}  # let jax probe
+    argv = ["--preset", "tiny", "--max-steps", "2", "--batch-size", "8", "--eval-batches", "1",
+            "--eval-every", "1", "--log-every", "1", "--no-export",
+            "--output-dir", str(tmp_path / "run")]  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "safedpo_jax.train", *argv],
+        cwd=root,
+        env={**env, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "Unable to initialize backend" not in proc.stdout + proc.stderr
+    assert "Generating train split" not in proc.stdout + proc.stderr
+    assert "pairs kept:" in out  # the data summary
+    assert "held-out      step 1   loss" in out and "held-out      step 2   loss" in out
+    assert "done          2 steps in" in out
+    assert f"outputs       {tmp_path / 'run'}/" in out and "hf/" not in out
+    lines = [line for line in out.splitlines() if line.startswith(("done ", "train ", "held-out "))]
+    assert len(lines) == 5  # done, train, held-out x 3 (steps 1 and 2, and the summary's)
+    assert all(line[13] == " " and line[14] != " " for line in lines)  # one value column

@@ -23,7 +23,7 @@ def test_eval_line_shows_the_headline_metrics_in_order_without_the_prefix():
     line = eval_line(
         40, {"eval/rewards/margins": 0.25, "eval/loss": 0.6, "eval/logps/chosen": -90.0}
     )
-    assert line == "held-out @ 40  loss 0.6000   rewards/margins 0.2500"
+    assert line == "held-out      step 40   loss 0.6000   rewards/margins 0.2500"
 
 
 def test_closing_summary_of_a_resumed_run_without_export(tmp_path):
