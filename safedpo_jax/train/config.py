@@ -566,6 +566,11 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = {**_field_defaults(), **PRESETS[DEFAULT_PRESET]}
     groups = {name: parser.add_argument_group(name, about) for name, about in GROUPS.items()}
     for field in dataclasses.fields(TrainConfig):
+        if "help" not in field.metadata:
+            raise TypeError(
+                f"TrainConfig.{field.name} has no help line: declare it as "
+                f"{field.name}: TYPE = _option(DEFAULT, GROUP, HELP) (GROUP one of {list(GROUPS)})"
+            )
         flag = "--" + field.name.replace("_", "-")
         kind, choices = _field_parser(hints[field.name])
         type_name = _type_name(hints[field.name])
