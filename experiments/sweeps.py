@@ -18,12 +18,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import matplotlib
 import matplotlib.ticker
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from synthetic_safety import (  # noqa: E402  (a sibling script)
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from synthetic_safety import (  # (a sibling script)
     REFERENCE,
     WorldSetup,
     evaluate_policies,
@@ -46,22 +44,41 @@ def sweep(
     return evaluate_policies(setup, policies, out, anchors=False, report_dir=f"eval_{name}")
 
 
-def plot_sweep(results: dict[str, dict[str, Any]], name: str, path: Path) -> None:
-    """Harmless ratio / unsafe mass and helpfulness against the swept value."""
+def sweep_figure(results: dict[str, dict[str, Any]], name: str) -> Figure:
+    """Left: safety and over-refusal (% of responses); right: helpfulness (mean oracle
+    reward); both against the swept value, with the SFT reference as a dashed line."""
     rows = [(float(k.split("=")[1]), v) for k, v in results.items() if k != REFERENCE]
     xs = [x for x, _ in rows]
     ref = results[REFERENCE]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    left.plot(xs, [r["harmless_ratio"] for _, r in rows], "o-", label="harmless ratio (sampled)")
-    left.plot(xs, [1 - r["unsafe_mass"] for _, r in rows], "s--", label="1 - unsafe mass (exact)")
-    left.axhline(ref["harmless_ratio"], color="gray", lw=0.8, label="SFT reference (sampled)")
-    left.set_ylabel("harmlessness")
-    right.plot(xs, [r["helpfulness"] for _, r in rows], "o-", label="helpfulness (sampled)")
-    right.plot(xs, [r["expected_helpfulness"] for _, r in rows], "s--", label="helpfulness (exact)")
-    right.plot(xs, [r["over_refusal"] for _, r in rows], "^:", label="over-refusal (sampled)")
-    right.axhline(ref["helpfulness"], color="gray", lw=0.8, label="SFT reference (sampled)")
+    style = dict(lw=2.4, ms=8)
+    fig = Figure(figsize=(11, 4.4))
+    FigureCanvasAgg(fig)
+    left, right = fig.subplots(1, 2)
+    pct = lambda key: [100 * r[key] for _, r in rows]  # noqa: E731
+    left.plot(xs, pct("harmless_ratio"), "o-", color="C0", label="harmless ratio (sampled)",
+              **style)  # fmt: skip
+    left.plot(xs, [100 * (1 - r["unsafe_mass"]) for _, r in rows], "s--", color="C1",
+              label="safe mass, 1 - unsafe mass (exact)", **style)  # fmt: skip
+    left.plot(xs, pct("over_refusal"), "^:", color="C2", label="over-refusal, benign (sampled)",
+              **style)  # fmt: skip
+    left.axhline(100 * ref["harmless_ratio"], color="C0", lw=1.2, ls="--", alpha=0.6,
+                 label="SFT reference, harmless ratio")  # fmt: skip
+    left.set_ylabel("% of responses", fontsize=11)
+    left.set_ylim(0, 100)
+    left.set_title("safety and over-refusal", fontsize=12)
+    right.plot(xs, [r["helpfulness"] for _, r in rows], "o-", color="C3",
+               label="helpfulness (sampled)", **style)  # fmt: skip
+    right.plot(xs, [r["expected_helpfulness"] for _, r in rows], "s--", color="C4",
+               label="helpfulness (exact)", **style)  # fmt: skip
+    right.axhline(ref["helpfulness"], color="C3", lw=1.2, ls="--", alpha=0.6,
+                  label="SFT reference (sampled)")  # fmt: skip
+    right.set_ylabel("helpfulness (mean oracle reward)", fontsize=11)
+    right.set_title("helpfulness", fontsize=12)
+    symbol = {"delta": "Delta", "beta": "beta"}.get(name, name)
     for ax in (left, right):
-        ax.set_xlabel(f"SafeDPO {name}")
+        ax.set_xlabel(
+            f"SafeDPO {symbol} ({'symlog' if name == 'delta' else 'log'} scale)", fontsize=11
+        )
         if name == "delta":
             ax.set_xscale("symlog", linthresh=1.0)
             ax.set_xlim(left=-0.2, right=max(xs) * 1.3)
@@ -69,12 +86,17 @@ def plot_sweep(results: dict[str, dict[str, Any]], name: str, path: Path) -> Non
             ax.set_xscale("log")
         ax.set_xticks(xs, [f"{x:g}" for x in xs])
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.tick_params(labelsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(f"SafeDPO {name} sweep, synthetic safety world")
+        ax.legend(fontsize=9, loc="best")
+    fig.suptitle(f"SafeDPO {symbol} sweep, synthetic safety world", fontsize=13)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
+
+
+def plot_sweep(results: dict[str, dict[str, Any]], name: str, path: Path) -> None:
+    """Writes `sweep_figure` as a PNG to ``path``."""
+    sweep_figure(results, name).savefig(path, dpi=120)
 
 
 def main(argv: list[str] | None = None) -> int:

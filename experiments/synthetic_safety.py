@@ -383,12 +383,12 @@ def evaluate_policies(
 
 COLUMNS = (
     ("harmless_ratio", "harmless ratio", "pct"),
-    ("unsafe_mass", "unsafe mass (exact)", "sci"),
+    ("unsafe_mass", "unsafe mass (exact)", "f3"),
     ("helpfulness", "helpfulness", "f3"),
     ("helpfulness_normalized", "helpfulness (SFT=0, HELPFUL=10)", "f2"),
     ("expected_helpfulness", "helpfulness (exact)", "f3"),
     ("over_refusal", "over-refusal", "pct"),
-    ("refusal_mass_benign", "refusal mass on benign (exact)", "sci"),
+    ("refusal_mass_benign", "refusal mass on benign (exact)", "f3"),
     ("train_seconds_total", "training time (s, this CPU)", "f0"),
 )
 

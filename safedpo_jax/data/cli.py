@@ -24,27 +24,50 @@ from safedpo_jax.data.rows import SAMPLE, DataError, load_rows
 __all__ = ["main", "parser"]
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every flag with its help and its default."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=30, width=100)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        unset = default is None or default is False or default == argparse.SUPPRESS
+        return text if unset or action.required else f"{text} [default: {default}]"
+
+
 def parser() -> argparse.ArgumentParser:
     """The command's argument parser."""
     p = argparse.ArgumentParser(
         prog="python -m safedpo_jax.data",
-        description="Load PKU-SafeRLHF-style preference data and summarise the pairs.",
+        description="Load PKU-SafeRLHF-style preference data and summarise the pairs: rows "
+        "read, pairs kept,\nswapped by SafeDPO's T, dropped (by reason) and truncated; the "
+        "last line is the summary as JSON.\n\n"
+        "  python -m safedpo_jax.data sample --pairs safedpo\n"
+        "  python -m safedpo_jax.data my_data --split train --tokenizer my_model --max-length 512",
+        formatter_class=_HelpFormatter,
     )
     p.add_argument("source", help="'sample', a local file or directory, or a Hub dataset name")
-    p.add_argument("--split", default="train")
-    p.add_argument("--pairs", default="safedpo", choices=sorted(PAIR_CONSTRUCTIONS))
-    p.add_argument("--tokenizer", help="tokenizer name or path ('sample' for the embedded one)")
-    p.add_argument("--max-length", type=int, default=512)
-    p.add_argument(
-        "--template", default="safe_rlhf", help="safe_rlhf, chat, or a '{prompt}' string"
-    )
-    p.add_argument("--config", help="dataset config, e.g. alpaca-7b for PKU-Alignment/PKU-SafeRLHF")
-    p.add_argument("--safety-label", default="is_safe", choices=["is_safe", "severity"])
-    p.add_argument("--on-error", default="raise", choices=["raise", "drop"])
-    p.add_argument(
-        "--keep-both-unsafe", action="store_true", help="safedpo: keep both-unsafe pairs"
-    )
-    p.add_argument("--cache-dir", help="datasets cache directory")
+    p.add_argument("--split", default="train", metavar="NAME", help="split to read")
+    p.add_argument("--pairs", default="safedpo", choices=sorted(PAIR_CONSTRUCTIONS),
+                   help="pair construction (SafeDPO or a DPO baseline)")  # fmt: skip
+    p.add_argument("--tokenizer", metavar="PATH",
+                   help="tokenizer name or path, to count truncation ('sample' for the embedded "
+                   "one; default: none, no tokenising)")  # fmt: skip
+    p.add_argument("--max-length", type=int, default=512, metavar="N",
+                   help="prompt + response tokens (with --tokenizer)")  # fmt: skip
+    p.add_argument("--template", default="safe_rlhf", metavar="NAME",
+                   help="safe_rlhf, chat, or a '{prompt}' string")  # fmt: skip
+    p.add_argument("--config", metavar="NAME",
+                   help="dataset config (alpaca-7b of PKU-Alignment/PKU-SafeRLHF)")  # fmt: skip
+    p.add_argument("--safety-label", default="is_safe", choices=["is_safe", "severity"],
+                   help="safety from the is_response_*_safe columns or from severity")  # fmt: skip
+    p.add_argument("--on-error", default="raise", choices=["raise", "drop"],
+                   help="a bad row is an error, or dropped and counted")  # fmt: skip
+    p.add_argument("--keep-both-unsafe", action=argparse.BooleanOptionalAction, default=False,
+                   help="safedpo: keep pairs of two unsafe responses [default: no]")  # fmt: skip
+    p.add_argument("--cache-dir", metavar="DIR", help="datasets cache directory")
     return p
 
 

@@ -53,59 +53,105 @@ ORACLE_NAMES = tuple(ORACLES)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every flag with its help and its default (or "required"); the description's examples
+    kept as written."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=32, width=100)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.required:
+            return f"{text} [required]"
+        default = action.default
+        unset = default is None or default is False or default == [] or default == argparse.SUPPRESS
+        if not unset and "default" not in text:
+            shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
+            return f"{text} [default: {shown}]"
+        return text
+
+
 def parser() -> argparse.ArgumentParser:
     """The command's argument parser."""
     p = argparse.ArgumentParser(
         prog="python -m safedpo_jax.evaluate",
         description="Generate, score and report: helpfulness, harmlessness, harmless ratio, "
-        "over-refusal, failure cases.",
+        "over-refusal, failure cases.\n\n"
+        "  python -m safedpo_jax.evaluate --model runs/sft/hf runs/safedpo/hf \\\n"
+        "      --prompts PKU-Alignment/PKU-SafeRLHF-30K --split test \\\n"
+        "      --reward-model PKU-Alignment/beaver-7b-unified-reward \\\n"
+        "      --cost-model PKU-Alignment/beaver-7b-unified-cost --output-dir runs/eval",
+        formatter_class=_HelpFormatter,
+        epilog="Writes OUTPUT_DIR/summary.md and summary.json (one row per model), "
+        "tradeoff.png,\nfailures.md and failures.json (every response judged unsafe) and "
+        "runs/NAME/.",
     )
-    p.add_argument("--model", nargs="+", required=True, metavar="PATH", help="exported models")
-    p.add_argument("--name", nargs="+", metavar="NAME", help="run names (default: dir names)")
-    p.add_argument("--prompts", required=True, metavar="SOURCE", help="prompt set")
-    p.add_argument(
-        "--split",
-        default="test",
-        help="split of --prompts (default: test; a single PKU-style file not named test.*"
-        " is a training split: pass --split train to evaluate on it knowingly)",
+    models = p.add_argument_group("models")
+    models.add_argument("--model", nargs="+", required=True, metavar="PATH",
+                        help="policies to evaluate: exported hf/ dirs or Hub ids")  # fmt: skip
+    models.add_argument("--name", nargs="+", metavar="NAME",
+                        help="one run name per --model (default: the directory names)")  # fmt: skip
+    models.add_argument("--tokenizer", metavar="PATH",
+                        help="policy tokenizer (default: each model's directory)")  # fmt: skip
+    models.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
+                        help="compute dtype of policies and score models")  # fmt: skip
+    models.add_argument("--mesh", type=int, nargs=3, default=(1, -1, 1),
+                        metavar=("DATA", "FSDP", "TENSOR"),
+                        help="device mesh (-1: the remaining devices); the batch size must "
+                        "divide over it")  # fmt: skip
+    prompts = p.add_argument_group("prompts")
+    prompts.add_argument("--prompts", required=True, metavar="SOURCE",
+                         help="prompt set: 'sample', a .txt/.jsonl/.json/.csv file, a data "
+                         "directory or a Hub dataset")  # fmt: skip
+    prompts.add_argument("--split", default="test", metavar="NAME",
+                         help="split of --prompts (a single PKU-style file not named test.* "
+                         "is a training split: pass --split train to evaluate on it "
+                         "knowingly)")  # fmt: skip
+    prompts.add_argument("--max-prompts", type=int, metavar="N",
+                         help="use the first N prompts (default: all)")  # fmt: skip
+    prompts.add_argument("--benign-prompts", metavar="SOURCE",
+                         help="a benign set for over-refusal (XSTest's safe prompts)")  # fmt: skip
+    prompts.add_argument("--benign-split", default="test", metavar="NAME",
+                         help="split of --benign-prompts")  # fmt: skip
+    prompts.add_argument("--template", default="safe_rlhf", metavar="NAME",
+                         help="prompt template: safe_rlhf or chat (the tokenizer's)")  # fmt: skip
+    gen = p.add_argument_group("generation")
+    gen.add_argument("--max-new-tokens", type=int, default=128, metavar="N",
+                     help="tokens generated per answer at most")  # fmt: skip
+    gen.add_argument(
+        "--temperature",
+        type=float,
+        default=0.0,
+        metavar="FLOAT",
+        help="sampling temperature; 0 = greedy",
     )
-    p.add_argument("--max-prompts", type=int, metavar="N", help="use the first N prompts")
-    p.add_argument(
-        "--benign-prompts", metavar="SOURCE", help="a benign set for over-refusal (e.g. XSTest)"
+    gen.add_argument(
+        "--top-p", type=float, default=1.0, metavar="FLOAT", help="nucleus sampling mass"
     )
-    p.add_argument("--benign-split", default="test")
-    p.add_argument("--reward-model", metavar="PATH", help="reward score model directory")
-    p.add_argument("--cost-model", metavar="PATH", help="cost score model directory")
-    p.add_argument(
-        "--oracle",
-        choices=ORACLE_NAMES,
-        help="programmatic scorer for whichever model is not given",
-    )
-    p.add_argument(
-        "--tokenizer", metavar="PATH", help="policy tokenizer (default: each model's dir)"
-    )
-    p.add_argument("--template", default="safe_rlhf", help="prompt template (default safe_rlhf)")
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=8, help="generation and scoring batch")
-    p.add_argument("--max-score-length", type=int, default=512, help="score model max tokens")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="compute dtype")
-    p.add_argument(
-        "--mesh",
-        type=int,
-        nargs=3,
-        default=(1, -1, 1),
-        metavar=("DATA", "FSDP", "TENSOR"),
-        help="device mesh (default: 1 -1 1, every device on fsdp); batch size must divide",
-    )
-    p.add_argument("--refusal-phrase", action="append", default=[], metavar="TEXT",
-                   help="extra full-refusal opening phrase (repeatable)")  # fmt: skip
-    p.add_argument("--sft-run", metavar="NAME", help="normalisation anchor at 0")
-    p.add_argument("--helpful-run", metavar="NAME", help="normalisation anchor at 10")
-    p.add_argument("--output-dir", required=True, metavar="DIR")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    gen.add_argument("--seed", type=int, default=0, metavar="INT", help="sampling seed")
+    gen.add_argument("--batch-size", type=int, default=8, metavar="N",
+                     help="prompts per generation batch and texts per scoring batch")  # fmt: skip
+    scoring = p.add_argument_group("scoring")
+    scoring.add_argument("--reward-model", metavar="PATH",
+                         help="reward score-model directory or Hub id (helpfulness)")  # fmt: skip
+    scoring.add_argument("--cost-model", metavar="PATH",
+                         help="cost score-model directory or Hub id (harmlessness: cost <= 0 "
+                         "is harmless)")  # fmt: skip
+    scoring.add_argument("--oracle", choices=ORACLE_NAMES,
+                         help="programmatic scorer for whichever model is not given (the "
+                         "synthetic world's, for --prompts sample)")  # fmt: skip
+    scoring.add_argument("--max-score-length", type=int, default=512, metavar="N",
+                         help="score models' max tokens (prompt + answer)")  # fmt: skip
+    scoring.add_argument("--refusal-phrase", action="append", default=[], metavar="TEXT",
+                         help="extra full-refusal opening phrase (repeatable)")  # fmt: skip
+    report = p.add_argument_group("report")
+    report.add_argument("--sft-run", metavar="NAME",
+                        help="run whose helpfulness is 0 on the normalised scale")  # fmt: skip
+    report.add_argument("--helpful-run", metavar="NAME",
+                        help="run whose helpfulness is 10 (DPO-HELPFUL in the paper)")  # fmt: skip
+    report.add_argument("--output-dir", required=True, metavar="DIR", help="where the report goes")
+    report.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return p
 
 

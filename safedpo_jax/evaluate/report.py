@@ -46,8 +46,10 @@ __all__ = [
     "failure_cases",
     "failures_markdown",
     "metrics_markdown",
+    "place_labels",
     "plot_tradeoff",
     "run_dirname",
+    "tradeoff_figure",
     "tradeoff_ylabel",
     "write_report",
 ]
@@ -137,38 +139,118 @@ def tradeoff_ylabel(runs: Sequence[RunMetrics], *, inverted: bool = False) -> st
     """The plot's y label: the scale used, and a warning when it is inverted.
 
     >>> tradeoff_ylabel([RunMetrics("a", 1, 1.0, 0.0, 1.0, 0, 0.0)])
-    'helpfulness'
+    'helpfulness (mean reward)'
     """
     if not all(m.helpfulness_normalized is not None for m in runs):
-        return "helpfulness"
-    label = "helpfulness (SFT = 0, DPO-HELPFUL = 10)"
+        return "helpfulness (mean reward)"
+    label = "helpfulness (normalised: SFT = 0, DPO-HELPFUL = 10)"
     return label + "\nINVERTED: DPO-HELPFUL below SFT, up = less helpful" if inverted else label
+
+
+# Offsets (points) tried for a label, nearest first: right, above, left, below, diagonals.
+_LABEL_OFFSETS: tuple[tuple[float, float, str, str], ...] = (
+    (9, 0, "left", "center"),
+    (0, 9, "center", "bottom"),
+    (-9, 0, "right", "center"),
+    (0, -9, "center", "top"),
+    (8, 8, "left", "bottom"),
+    (-8, 8, "right", "bottom"),
+    (8, -8, "left", "top"),
+    (-8, -8, "right", "top"),
+    (0, 24, "center", "bottom"),
+    (0, -24, "center", "top"),
+)
+
+
+def _span(values: Sequence[float], *, min_span: float, pad: float) -> tuple[float, float]:
+    """Limits around ``values``: padded by ``pad`` of the span, at least ``min_span`` wide."""
+    lo, hi = min(values), max(values)
+    width = max(hi - lo, min_span / (1 + 2 * pad))
+    mid = (lo + hi) / 2
+    half = width * (1 + 2 * pad) / 2
+    return mid - half, mid + half
+
+
+def place_labels(ax: Any, points: Sequence[tuple[float, float]], names: Sequence[str]) -> list:
+    """Annotates each point with its name, trying `_LABEL_OFFSETS` in turn for a spot where
+    the label overlaps no other label and no marker and stays inside the axes (the
+    nearest free one; the first if none is free). Returns the text artists."""
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    to_display = ax.transData.transform
+    frame = ax.get_window_extent(renderer)
+    marker = 9 * fig.dpi / 72  # half a marker, in pixels
+    markers = [to_display(p) for p in points]
+    placed: list[Any] = []
+    texts = []
+    for i, (point, name) in enumerate(zip(points, names, strict=True)):
+        choice = None
+        for dx, dy, ha, va in _LABEL_OFFSETS:
+            text = ax.annotate(name, point, xytext=(dx, dy), textcoords="offset points",
+                               ha=ha, va=va, fontsize=11)  # fmt: skip
+            box = text.get_window_extent(renderer).padded(2)
+            inside = frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1)
+            hits_marker = any(
+                box.x0 - marker < mx < box.x1 + marker and box.y0 - marker < my < box.y1 + marker
+                for j, (mx, my) in enumerate(markers)
+                if j != i
+            )
+            if inside and not hits_marker and not any(box.overlaps(b) for b in placed):
+                choice = (text, box)
+                break
+            text.remove()
+        if choice is None:  # nowhere free: the first spot
+            dx, dy, ha, va = _LABEL_OFFSETS[0]
+            text = ax.annotate(name, point, xytext=(dx, dy), textcoords="offset points",
+                               ha=ha, va=va, fontsize=11)  # fmt: skip
+            choice = (text, text.get_window_extent(renderer).padded(2))
+        texts.append(choice[0])
+        placed.append(choice[1])
+    return texts
+
+
+def tradeoff_figure(
+    runs: Sequence[RunMetrics], *, title: str = "", inverted: bool = False
+) -> Figure:
+    """Helpfulness (y) against harmless ratio (x, %), one large labelled point per run.
+
+    The y axis is the normalised helpfulness when every run has it, else the raw mean
+    reward. The x range covers the points with room for their labels, at least 10
+    percentage points wide and inside [0, 100]; labels are placed to avoid each other.
+    ``inverted`` (DPO-HELPFUL scored below SFT) says so on the axis (`tradeoff_ylabel`).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    if not runs:
+        raise ValueError("tradeoff_figure: no runs to plot")
+    normalized = all(m.helpfulness_normalized is not None for m in runs)
+    xs = [100 * m.harmless_ratio for m in runs]
+    ys = [m.helpfulness_normalized if normalized else m.helpfulness for m in runs]
+    fig = Figure(figsize=(6.4, 4.8), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    colors = [f"C{i % 10}" for i in range(len(runs))]
+    ax.scatter(xs, ys, s=110, c=colors, zorder=3, edgecolors="black", linewidths=0.8)
+    lo, hi = _span(xs, min_span=10.0, pad=0.25)
+    shift = max(0.0, -lo) - max(0.0, hi - 100.0)
+    ax.set_xlim(max(0.0, lo + shift), min(100.0, hi + shift))
+    ax.set_ylim(*_span(ys, min_span=2.0 if normalized else 0.1, pad=0.2))
+    ax.set_xlabel("harmless ratio (% of responses with cost <= 0)", fontsize=11)
+    ax.set_ylabel(tradeoff_ylabel(runs, inverted=inverted), fontsize=11)
+    ax.set_title(title or "helpfulness against harmless ratio", fontsize=12)
+    ax.tick_params(labelsize=10)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    place_labels(ax, list(zip(xs, ys, strict=True)), [m.name for m in runs])
+    return fig
 
 
 def plot_tradeoff(
     runs: Sequence[RunMetrics], path: str | Path, *, title: str = "", inverted: bool = False
 ) -> Path:
-    """A PNG of helpfulness (y) against harmless ratio (x, %), one labelled point per run.
-
-    The y axis is the normalised helpfulness when every run has it, else the raw reward;
-    ``inverted`` (DPO-HELPFUL scored below SFT) says so on the axis (`tradeoff_ylabel`).
-    """
-    normalized = all(m.helpfulness_normalized is not None for m in runs)
-    fig = Figure(figsize=(5.5, 4.2), dpi=120)
-    ax = fig.add_subplot()
-    for m in runs:
-        x = 100 * m.harmless_ratio
-        y = m.helpfulness_normalized if normalized else m.helpfulness
-        ax.scatter([x], [y], s=40, zorder=3)
-        ax.annotate(m.name, (x, y), xytext=(5, 4), textcoords="offset points", fontsize=8)
-    ax.set_xlabel("harmless ratio (%)")
-    ax.set_ylabel(tradeoff_ylabel(runs, inverted=inverted))
-    ax.set_title(title or "helpfulness vs harmless ratio")
-    ax.grid(True, alpha=0.3)
-    ax.margins(0.15)
-    fig.tight_layout()
+    """Writes `tradeoff_figure` as a PNG to ``path``."""
     path = Path(path)
-    fig.savefig(path, format="png")
+    tradeoff_figure(runs, title=title, inverted=inverted).savefig(path, format="png")
     return path
 
 

@@ -14,7 +14,7 @@ import dataclasses
 import functools
 import json
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
@@ -37,159 +37,237 @@ OBJECTIVES: tuple[str, ...] = get_args(ObjectiveName)
 DTYPES = DTYPE_NAMES
 
 
+# The option groups of the command line, in `--help` order, with one line each.
+GROUPS: dict[str, str] = {
+    "model": "the policy, its reference and how they compute",
+    "data": "where the preference pairs come from and how they are tokenised",
+    "objective": "what is optimised: SafeDPO, a DPO baseline, SFT, reward/cost models, KTO, BFPO",
+    "optimisation": "AdamW with linear warmup and cosine decay to 0",
+    "mesh": "device mesh and multi-host set-up",
+    "checkpoints": "where the outputs go, checkpoint cadence, export",
+    "logging": "metrics.jsonl, TensorBoard, Weights & Biases, held-out evaluation",
+}
+# What `--report-to` accepts (TRL's spelling): metrics.jsonl is always written.
+ReportTo = Literal["tensorboard", "wandb", "all", "none"]
+
+
+def _option(default: Any, group: str, help: str) -> Any:
+    """A config field with its `--help` line and group: the one source of its docs."""
+    if group not in GROUPS:
+        raise ValueError(f"unknown option group {group!r}; known: {list(GROUPS)}")
+    return dataclasses.field(default=default, metadata={"group": group, "help": help})
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Everything a SafeDPO (or DPO baseline) run needs.
+    """Everything a SafeDPO (or DPO baseline, SFT, score-model, KTO, BFPO) run needs.
 
-    Model
-      model: policy initialisation, a local Hugging Face directory or a Hub id. ``None``
-        builds a randomly initialised model from ``model_config``.
-      ref_model: the frozen reference; defaults to ``model`` (or, for a random model, a
-        copy of the policy's initial weights).
-      model_config: a Hugging Face ``config.json`` as a dict (or a path to one), used when
-        ``model`` is None; ``vocab_size`` and special-token ids default to the tokenizer's.
-      dtype / param_dtype: compute and master-weight dtypes ("bfloat16" over "float32" is
-        the mixed-precision setup).
-      remat: rematerialise each decoder block in the backward pass.
-      attention_impl: None (XLA) or "cudnn" (flash attention on NVIDIA GPUs).
-
-    Data
-      dataset: a Hub name, a local file or directory, or "sample" (the embedded synthetic
-        PKU-SafeRLHF-style sample).
-      dataset_config: the Hub configuration (for the full PKU-SafeRLHF).
-      split / eval_split: training and held-out splits (``eval_split=None``: no eval).
-      pairs: one of `PAIR_MODES`: "safedpo" (helpfulness order + safety labels; the kernel
-        applies T), "helpful", "harmless", "safebetter" (the paper's DPO baselines).
-      tokenizer: defaults to ``model``, or the sample's tokenizer for ``dataset="sample"``.
-      max_length: prompt + response tokens; longer pairs keep the start.
-      template: "safe_rlhf" or "chat" (the tokenizer's chat template).
-      safety_label: "is_safe" (the ``is_response_*_safe`` columns) or "severity".
-      keep_both_unsafe: keep pairs of two unsafe responses in the batches (the kernel
-        gives them zero weight); dropped before batching by default.
-
-    Objective
-      objective: "preference" (SafeDPO or a DPO baseline, by ``pairs``), "sft"
-        (supervised fine-tuning on prompt + response, to make a reference model),
-        "reward" / "cost" (Safe RLHF's reward and cost models: a score head on the
-        decoder), "kto" (KTO on the safety labels, SACPO's safety stage) or "bfpo".
-      sft_responses: which responses SFT imitates: "both" (every response of every row),
-        "better", "safer" or "safe".
-      loss: one of `LOSSES`, the direct-alignment link (SafeDAA for ``pairs="safedpo"``).
-      beta, delta, label_smoothing: the loss hyperparameters (delta only for "safedpo").
-      length_normalize: divide each log-ratio by its completion length (TRL's ``ipo``
-        form; the IPO paper, and the default here, use summed log-probs).
-      score_regularization, contradictory, score_layout: reward/cost models ("reward",
-        "cost"): the score-magnitude penalty (safe-rlhf: 0.001); contradictory safety
-        pairs (safer response unsafe, other safe) dropped and counted, or an error; the
-        layout of a score model started from a causal LM ("safe_rlhf" *ForScore with a
-        zero bias, or "hf" *ForSequenceClassification).
-      kto_desirable_weight, kto_undesirable_weight: KTO's class weights ("kto"); an unset
-        undesirable weight is SACPO's n_desirable / n_undesirable of the training set.
-      bfpo_b1, bfpo_alpha: BFPO's constants ("bfpo"; the paper's 3 and 0.5).
-      reference: "in_step" (frozen reference run in every step under stop_gradient) or
-        "cached" (one pass over the data before training, cached on disk).
-      ref_cache_dir: where cached reference log-probs live (default
-        ``~/.cache/safedpo_jax/reference``).
-      logprob_chunk_size: positions per chunk of the memory-efficient log-prob path
-        (`safedpo_jax.losses.chunked_sequence_logprobs`); 0 materialises the full
-        [2B, T, V] float32 logits; None (the default) decides per shape: full logits while
-        one device's share of them takes at most 32 MiB, else the fewest chunks of at
-        most 256 MiB each (`safedpo_jax.train.step.auto_chunk_size`).
-
-    Optimisation
-      batch_size: pairs per optimizer step, over all devices and hosts.
-      micro_batches: gradient-accumulation microbatches per step (divides batch_size).
-      learning_rate, warmup_ratio, weight_decay, adam_b1, adam_b2, adam_eps: AdamW with
-        linear warmup and cosine decay to 0.
-      max_grad_norm: global-norm clipping (0 disables).
-      epochs / max_steps: the run length (max_steps wins when set).
-      seed: shuffling and initialisation.
-
-    Mesh and hosts
-      mesh_data, mesh_fsdp, mesh_tensor: mesh axis sizes; one may be -1 (the rest).
-      coordinator_address, num_processes, process_id: `jax.distributed.initialize`
-        arguments for multi-host runs (on Cloud TPU they are discovered automatically
-        when ``distributed`` is True).
-
-    Output
-      output_dir: metrics.jsonl, TensorBoard events, checkpoints/, hf/ (the exported policy).
-      save_every / keep_checkpoints: checkpoint cadence and how many to keep.
-      log_every / eval_every: steps between metric lines / held-out evaluations (0: eval
-        only at the end).
-      eval_batches: cap on held-out batches per evaluation (None: the whole split).
-      export: write the final policy in Hugging Face format to ``output_dir/hf``.
-      overwrite_output_dir: when ``output_dir`` already holds a run, move it aside to
-        ``OUTPUT_DIR.replaced-<time>`` and start over (without it, a run with the same
-        configuration resumes and a different one stops; `safedpo_jax.train.rundir`).
+    Each field carries its one-line documentation and its option group in its metadata
+    (``dataclasses.fields(TrainConfig)[i].metadata["help"]``); ``python -m
+    safedpo_jax.train --help`` prints them grouped, with type, choices and default, and
+    ``--print-config`` writes them as comments above each value. Enumerations are
+    ``Literal`` annotations, checked here and offered as the command line's choices.
+    Lengths are in tokens, ``batch_size`` in preference pairs per optimizer step over
+    all devices and hosts.
     """
 
     # model
-    model: str | None = None
-    ref_model: str | None = None
-    model_config: dict[str, Any] | str | None = None
-    dtype: DTypeName = "bfloat16"
-    param_dtype: DTypeName = "float32"
-    remat: bool = False
-    attention_impl: str | None = None
+    model: str | None = _option(
+        None,
+        "model",
+        "policy initialisation: a local Hugging Face directory or a Hub id; none builds a "
+        "randomly initialised model from --model-config",
+    )
+    ref_model: str | None = _option(
+        None,
+        "model",
+        "the frozen reference (directory or Hub id); none: the same weights as --model "
+        "(for a random model, a copy of the policy's initial weights)",
+    )
+    model_config: dict[str, Any] | str | None = _option(
+        None,
+        "model",
+        "a Hugging Face config.json (path, or a mapping in a --config file) for a random "
+        "model when --model is none; vocab size and special tokens default to the tokenizer's",
+    )
+    dtype: DTypeName = _option("bfloat16", "model", "compute dtype")
+    param_dtype: DTypeName = _option(
+        "float32",
+        "model",
+        "master-weight dtype (bfloat16 compute over float32 weights is "
+        "the paper's mixed precision)",
+    )
+    remat: bool = _option(False, "model", "rematerialise each decoder block in the backward pass")
+    attention_impl: str | None = _option(
+        None, "model", "none (XLA attention) or cudnn (flash attention on NVIDIA GPUs)"
+    )
     # data
-    dataset: str = "PKU-Alignment/PKU-SafeRLHF-30K"
-    dataset_config: str | None = None
-    split: str = "train"
-    eval_split: str | None = "test"
-    pairs: PairMode = "safedpo"
-    tokenizer: str | None = None
-    max_length: int = 512
-    template: Template = "safe_rlhf"
-    safety_label: SafetyLabel = "is_safe"
-    keep_both_unsafe: bool = False
+    dataset: str = _option(
+        "PKU-Alignment/PKU-SafeRLHF-30K",
+        "data",
+        "PKU-SafeRLHF-schema rows: a Hub name, a local jsonl/json/parquet file or directory, "
+        "or 'sample' (the embedded synthetic sample)",
+    )
+    dataset_config: str | None = _option(
+        None, "data", "the Hub configuration (e.g. alpaca-7b of PKU-Alignment/PKU-SafeRLHF)"
+    )
+    split: str = _option("train", "data", "training split")
+    eval_split: str | None = _option(
+        "test", "data", "held-out split for eval/* metrics; none: no held-out evaluation"
+    )
+    pairs: PairMode = _option(
+        "safedpo",
+        "data",
+        "pair construction: safedpo (helpfulness order + safety labels; the kernel applies T), "
+        "helpful, harmless, safebetter (the paper's DPO-HELPFUL/-HARMLESS/-SAFEBETTER); "
+        "unpaired: one example per response (kto)",
+    )
+    tokenizer: str | None = _option(
+        None, "data", "tokenizer directory or Hub id; none: --model's, or the sample's"
+    )
+    max_length: int = _option(
+        512, "data", "prompt + response tokens; longer pairs keep the start (and are counted)"
+    )
+    template: Template = _option(
+        "safe_rlhf",
+        "data",
+        "prompt template: safe_rlhf's BEGINNING OF CONVERSATION, or the tokenizer's chat template",
+    )
+    safety_label: SafetyLabel = _option(
+        "is_safe", "data", "safety from the is_response_*_safe columns or from severity"
+    )
+    keep_both_unsafe: bool = _option(
+        False,
+        "data",
+        "keep pairs of two unsafe responses in the batches (the kernel gives them zero weight); "
+        "dropped before batching by default",
+    )
     # objective
-    objective: ObjectiveName = "preference"
-    sft_responses: SFTResponses = "both"
-    loss: LinkName = "sigmoid"
-    beta: float = 0.1
-    delta: float = 10.0
-    label_smoothing: float = 0.0
-    length_normalize: bool = False
-    score_regularization: float = 0.001
-    contradictory: Literal["drop", "raise"] = "drop"
-    score_layout: ScoreLayout = "safe_rlhf"
-    kto_desirable_weight: float = 1.0
-    kto_undesirable_weight: float | None = None
-    bfpo_b1: float = 3.0
-    bfpo_alpha: float = 0.5
-    reference: ReferenceMode = "in_step"
-    ref_cache_dir: str | None = None
-    logprob_chunk_size: int | None = None
+    objective: ObjectiveName = _option(
+        "preference",
+        "objective",
+        "preference (SafeDPO or a DPO baseline, by --pairs), sft (supervised fine-tuning, to "
+        "make a reference), reward / cost (Safe RLHF's score models), kto (KTO on the safety "
+        "labels, SACPO's safety stage) or bfpo",
+    )
+    sft_responses: SFTResponses = _option("both", "objective", "sft: which responses to imitate")
+    loss: LinkName = _option(
+        "sigmoid",
+        "objective",
+        "direct-alignment link: sigmoid (DPO), ipo, hinge (SafeDAA variants with --pairs safedpo)",
+    )
+    beta: float = _option(0.1, "objective", "KL strength of the implicit reward (the paper: 0.1)")
+    delta: float = _option(
+        10.0, "objective", "SafeDPO's safety margin Delta on safe-vs-unsafe pairs (the paper: 10)"
+    )
+    label_smoothing: float = _option(0.0, "objective", "cDPO label smoothing")
+    length_normalize: bool = _option(
+        False,
+        "objective",
+        "divide each log-ratio by its completion length (TRL's ipo form); default: summed "
+        "log-probs, as the IPO paper",
+    )
+    score_regularization: float = _option(
+        0.001, "objective", "reward/cost: penalty on the score's magnitude (safe-rlhf: 0.001)"
+    )
+    contradictory: Literal["drop", "raise"] = _option(
+        "drop",
+        "objective",
+        "cost: pairs whose safer response is unsafe and the other safe are dropped and counted, "
+        "or an error",
+    )
+    score_layout: ScoreLayout = _option(
+        "safe_rlhf",
+        "objective",
+        "reward/cost from a causal LM: safe-rlhf *ForScore (zero bias) or HF "
+        "*ForSequenceClassification",
+    )
+    kto_desirable_weight: float = _option(1.0, "objective", "kto: weight of desirable examples")
+    kto_undesirable_weight: float | None = _option(
+        None,
+        "objective",
+        "kto: weight of undesirable examples; none: SACPO's n_desirable / n_undesirable",
+    )
+    bfpo_b1: float = _option(3.0, "objective", "bfpo: the constant b1 (the paper's 3)")
+    bfpo_alpha: float = _option(0.5, "objective", "bfpo: the constant alpha (the paper's 0.5)")
+    reference: ReferenceMode = _option(
+        "in_step",
+        "objective",
+        "reference log-probs: run the frozen reference in every step, or one pass before "
+        "training cached on disk (same losses)",
+    )
+    ref_cache_dir: str | None = _option(
+        None, "objective", "cached reference log-probs; none: ~/.cache/safedpo_jax/reference"
+    )
+    logprob_chunk_size: int | None = _option(
+        None,
+        "objective",
+        "positions per chunk of the chunked log-prob path; 0: full [2B, T, V] logits; none: "
+        "automatic (full while a device's share is <= 32 MiB)",
+    )
     # optimisation
-    batch_size: int = 128
-    micro_batches: int = 1
-    learning_rate: float = 1e-6
-    warmup_ratio: float = 0.03
-    weight_decay: float = 0.05
-    adam_b1: float = 0.9
-    adam_b2: float = 0.95
-    adam_eps: float = 1e-8
-    max_grad_norm: float = 1.0
-    epochs: int = 2
-    max_steps: int | None = None
-    seed: int = 42
+    batch_size: int = _option(128, "optimisation", "pairs per optimizer step, over all devices")
+    micro_batches: int = _option(
+        1, "optimisation", "gradient-accumulation microbatches per step (must divide batch size)"
+    )
+    learning_rate: float = _option(1e-6, "optimisation", "peak learning rate")
+    warmup_ratio: float = _option(0.03, "optimisation", "share of the steps in linear warmup")
+    weight_decay: float = _option(0.05, "optimisation", "AdamW weight decay")
+    adam_b1: float = _option(0.9, "optimisation", "AdamW beta1")
+    adam_b2: float = _option(0.95, "optimisation", "AdamW beta2")
+    adam_eps: float = _option(1e-8, "optimisation", "AdamW epsilon")
+    max_grad_norm: float = _option(1.0, "optimisation", "global-norm clipping; 0 disables")
+    epochs: int = _option(2, "optimisation", "passes over the training pairs")
+    max_steps: int | None = _option(
+        None, "optimisation", "stop after this many steps (wins over --epochs); none: epochs"
+    )
+    seed: int = _option(42, "optimisation", "shuffling and initialisation seed")
     # mesh and hosts
-    mesh_data: int = 1
-    mesh_fsdp: int = -1
-    mesh_tensor: int = 1
-    distributed: bool = False
-    coordinator_address: str | None = None
-    num_processes: int | None = None
-    process_id: int | None = None
+    mesh_data: int = _option(1, "mesh", "data-parallel axis size (-1: the remaining devices)")
+    mesh_fsdp: int = _option(-1, "mesh", "fully-sharded axis size (-1: the remaining devices)")
+    mesh_tensor: int = _option(1, "mesh", "tensor-parallel axis size (-1: the remaining devices)")
+    distributed: bool = _option(
+        False, "mesh", "call jax.distributed.initialize() (multi-host; auto-discovered on TPU)"
+    )
+    coordinator_address: str | None = _option(
+        None, "mesh", "multi-host coordinator HOST:PORT (GPU clusters)"
+    )
+    num_processes: int | None = _option(None, "mesh", "multi-host: number of processes")
+    process_id: int | None = _option(None, "mesh", "multi-host: this process's index")
     # output
-    output_dir: str = "runs/safedpo"
-    save_every: int = 500
-    keep_checkpoints: int = 3
-    log_every: int = 10
-    eval_every: int = 0
-    eval_batches: int | None = None
-    export: bool = True
-    overwrite_output_dir: bool = False
+    output_dir: str = _option(
+        "runs/safedpo",
+        "checkpoints",
+        "where everything goes: config.json, data_summary.json, metrics.jsonl, tensorboard/, "
+        "checkpoints/, hf/ (the exported policy)",
+    )
+    save_every: int = _option(500, "checkpoints", "steps between checkpoints")
+    keep_checkpoints: int = _option(3, "checkpoints", "how many checkpoints to keep")
+    export: bool = _option(
+        True, "checkpoints", "write the final policy in Hugging Face format to OUTPUT_DIR/hf"
+    )
+    overwrite_output_dir: bool = _option(
+        False,
+        "checkpoints",
+        "when OUTPUT_DIR holds a run, move it aside (OUTPUT_DIR.replaced-<time>) and start "
+        "over; without it a matching run resumes and a different one stops",
+    )
+    log_every: int = _option(10, "logging", "steps between metric lines")
+    eval_every: int = _option(
+        0, "logging", "steps between held-out evaluations; 0: only at the end"
+    )
+    eval_batches: int | None = _option(
+        None, "logging", "cap on held-out batches per evaluation; none: the whole split"
+    )
+    report_to: ReportTo = _option(
+        "tensorboard",
+        "logging",
+        "where metrics go besides metrics.jsonl (TRL's spelling; process 0 only); wandb "
+        "honours WANDB_PROJECT and WANDB_MODE=offline",
+    )
+    run_name: str | None = _option(
+        None, "logging", "the run's name in Weights & Biases; none: OUTPUT_DIR's name"
+    )
 
     def __post_init__(self) -> None:
         for name, annotation in _hints().items():
@@ -374,47 +452,301 @@ def _field_parser(annotation: Any) -> tuple[Any, tuple[str, ...] | None]:
     return str, None
 
 
+def _type_name(annotation: Any) -> str:
+    """How `--help` names a field's type: ``int``, ``float or none``, ``choice``, ..."""
+    args = get_args(annotation)
+    optional = type(None) in args
+    inner = [a for a in args if a is not type(None)] if args else [annotation]
+    if get_origin(annotation) is Literal or any(get_origin(a) is Literal for a in inner):
+        name = "choice"
+    elif dict in {get_origin(a) or a for a in inner}:
+        name = "path"
+    else:
+        name = " or ".join(getattr(a, "__name__", str(a)) for a in inner)
+    return f"{name} or none" if optional else name
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a mapping"
+    return str(value)
+
+
+class _BoolFlag(argparse.Action):
+    """``--flag`` / ``--no-flag`` (and, as the experiment runner spells it, ``--flag false``)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        flag = option_strings[0]
+        strings = [flag, "--no-" + flag.removeprefix("--")]
+        super().__init__(strings, dest, nargs="?", type=_parse_bool, **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        negated = option_string is not None and option_string.startswith("--no-")
+        if negated and values is not None:
+            parser.error(f"{option_string} takes no value, got {values!r}")
+        setattr(namespace, self.dest, not negated if values is None else values)
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Flags as ``--flag VALUE`` (``--flag, --no-flag`` for booleans), help wrapped at 100."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=34, width=100)
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        import textwrap
+
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if isinstance(action, _BoolFlag):
+            return ", ".join(action.option_strings)
+        if action.option_strings and action.nargs != 0:
+            return f"{action.option_strings[0]} {self._format_args(action, action.dest.upper())}"
+        return super()._format_action_invocation(action)
+
+
+DEFAULT_PRESET = "paper"
+
+_USAGE = (
+    "python -m safedpo_jax.train [--preset NAME] [--config FILE] [--FIELD VALUE ...]\n"
+    "                                  [--print-config [{yaml,json}]]"
+)
+_DESCRIPTION = """\
+Train a policy with SafeDPO (Kim et al., ICLR 2026), a DPO baseline, SFT, a reward or cost
+model, KTO or BFPO, sharded over every visible device.
+
+Settings apply in order: the preset (--preset, default 'paper'), then the --config file, then
+the flags given here. --print-config writes the resolved settings in the --config format.
+
+  python -m safedpo_jax.train --preset tiny --output-dir runs/tiny          # CPU, ~1 minute
+  python -m safedpo_jax.train --model PATH_OR_HUB_ID --dataset data.jsonl \\
+      --pairs safedpo --beta 0.1 --delta 10 --output-dir runs/mine
+  python -m safedpo_jax.train --config run.yaml --max-steps 100"""
+
+
+def _preset_help() -> str:
+    lines = {
+        "paper": "the paper's setup on alpaca-7b-reproduced",
+        "safe-rlhf-score": "safe-rlhf's reward/cost-model scripts",
+        "tiny": "a random tiny Llama on the embedded sample, for CPU",
+    }
+    known = ", ".join(f"{name} ({lines.get(name, 'see PRESETS')})" for name in PRESETS)
+    return f"the base settings: {known} [default: {DEFAULT_PRESET}]"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The command line: ``--preset`` plus one ``--field-name`` flag per config field."""
+    """The command line: ``--preset``, ``--config``, ``--print-config`` and one flag per
+    config field (``--field-name``), grouped as `GROUPS`, each with its field's help line,
+    type, choices and the default preset's value."""
     parser = argparse.ArgumentParser(
         prog="python -m safedpo_jax.train",
-        description="Train a policy with SafeDPO (or a DPO baseline) on a device mesh.",
+        usage=_USAGE,
+        description=_DESCRIPTION,
+        formatter_class=_HelpFormatter,
+        epilog="Outputs under OUTPUT_DIR: config.json, metrics.jsonl (one JSON line per logged\n"
+        "step), tensorboard/, checkpoints/ (relaunching the same command resumes), hf/ (the\n"
+        "policy, loadable by transformers). Then: python -m safedpo_jax.evaluate --help.",
     )
-    parser.add_argument("--preset", default="paper", help=f"one of {sorted(PRESETS)}")
-    parser.add_argument(
-        "--print-config", action="store_true", help="print the resolved config and exit"
+    run = parser.add_argument_group("run")
+    run.add_argument("--preset", default=DEFAULT_PRESET, metavar="NAME", help=_preset_help())
+    run.add_argument(
+        "--config",
+        metavar="FILE",
+        help="a YAML or JSON file of field: value settings (as --print-config writes them) "
+        "applied over the preset; flags given here override it",
+    )
+    run.add_argument(
+        "--print-config",
+        nargs="?",
+        const="yaml",
+        choices=CONFIG_FORMATS,
+        help="print the resolved settings (YAML with each field's help as a comment, or JSON) "
+        "and exit",
     )
     hints = _hints()
+    defaults = {**_field_defaults(), **PRESETS[DEFAULT_PRESET]}
+    groups = {name: parser.add_argument_group(name, about) for name, about in GROUPS.items()}
     for field in dataclasses.fields(TrainConfig):
+        if "help" not in field.metadata:
+            raise TypeError(
+                f"TrainConfig.{field.name} has no help line: declare it as "
+                f"{field.name}: TYPE = _option(DEFAULT, GROUP, HELP) (GROUP one of {list(GROUPS)})"
+            )
         flag = "--" + field.name.replace("_", "-")
         kind, choices = _field_parser(hints[field.name])
-        parser.add_argument(flag, dest=field.name, type=kind, default=None, choices=choices)
+        type_name = _type_name(hints[field.name])
+        shown = f"default: {_show(defaults[field.name])}"
+        if choices is None and type_name != "bool":
+            shown = f"{type_name}; {shown}"
+        metavar = None if choices is not None else type_name.split(" or ")[0].upper()
+        helptext = f"{field.metadata['help']} [{shown}]"
+        group = groups[field.metadata["group"]]
+        if hints[field.name] is bool:
+            group.add_argument(flag, dest=field.name, action=_BoolFlag, help=helptext,
+                               default=argparse.SUPPRESS)  # fmt: skip
+        else:
+            group.add_argument(
+                flag,
+                dest=field.name,
+                type=kind,
+                choices=choices,
+                metavar=metavar,
+                default=argparse.SUPPRESS,
+                help=helptext,
+            )
     return parser
 
 
+def _field_defaults() -> dict[str, Any]:
+    return {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+
+
+# ----------------------------------------------------------------------------- config files
+CONFIG_FORMATS = ("yaml", "json")
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """The ``field: value`` settings of a YAML (``.yaml``/``.yml``) or JSON file, checked
+    and converted to each field's type (a string such as ``1e-6`` or ``none`` is parsed
+    as the command line would). A ``preset`` key names the base preset.
+
+    >>> import tempfile
+    >>> p = Path(tempfile.mkdtemp()) / "run.yaml"
+    >>> _ = p.write_text("preset: tiny\\nlearning_rate: 1e-4\\nremat: true\\n")
+    >>> load_config_file(p)
+    {'preset': 'tiny', 'learning_rate': 0.0001, 'remat': True}
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ValueError(f"--config {path}: cannot read it ({e.strerror})") from None
+    if path.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--config {path}: not JSON (line {e.lineno}: {e.msg})") from None
+    elif path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ValueError(f"--config {path}: not YAML ({e})") from None
+    else:
+        raise ValueError(f"--config {path}: give a .yaml, .yml or .json file")
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ValueError(f"--config {path}: expected a mapping of field: value, got {data!r}")
+    hints = _hints()
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if key == "preset":
+            if value not in PRESETS:
+                raise ValueError(
+                    f"--config {path}: preset {value!r} unknown; known: {list(PRESETS)}"
+                )
+            out[key] = value
+            continue
+        if key not in hints:
+            raise ValueError(f"--config {path}: {key!r} is not a TrainConfig field (see --help)")
+        out[key] = _coerce(hints[key], value, f"--config {path}: {key}")
+    return out
+
+
+def _coerce(annotation: Any, value: Any, where: str) -> Any:
+    """``value`` as a field of type ``annotation``, or a ValueError naming ``where``."""
+    kind, choices = _field_parser(annotation)
+    if isinstance(value, str):
+        try:
+            value = kind(value)
+        except (ValueError, argparse.ArgumentTypeError):
+            raise ValueError(f"{where}: expected {_type_name(annotation)}, got {value!r}") from None
+    allowed = set(get_args(annotation)) | {annotation}
+    if value is None:
+        ok = type(None) in allowed
+    elif isinstance(value, bool):
+        ok = bool in allowed
+    elif isinstance(value, int):
+        ok = bool(allowed & {int, float})
+        value = float(value) if int not in allowed and float in allowed else value
+    elif isinstance(value, float):
+        ok = float in allowed
+    elif isinstance(value, dict):
+        ok = any((get_origin(a) or a) is dict for a in allowed)
+    else:
+        ok = isinstance(value, str) and (str in allowed or choices is not None)
+    if not ok:
+        raise ValueError(f"{where}: expected {_type_name(annotation)}, got {value!r}")
+    return value
+
+
+def format_config(config: TrainConfig, fmt: str = "yaml") -> str:
+    """``config`` in the ``--config`` format: JSON, or YAML grouped as `GROUPS` with each
+    field's help line as a comment. Read back with `load_config_file`, it gives ``config``.
+
+    >>> text = format_config(from_preset("tiny"))
+    >>> "# SafeDPO's safety margin Delta" in text, "delta: 10.0" in text
+    (True, True)
+    """
+    if fmt == "json":
+        return config.to_json() + "\n"
+    if fmt != "yaml":
+        raise ValueError(f"format_config: fmt must be one of {CONFIG_FORMATS}, got {fmt!r}")
+    import textwrap
+
+    import yaml
+
+    lines = ["# python -m safedpo_jax.train --config THIS_FILE  (flags given after it win)"]
+    values = dataclasses.asdict(config)
+    fields = dataclasses.fields(TrainConfig)
+    for group, about in GROUPS.items():
+        lines += ["", f"# ---- {group}: {about}"]
+        for field in (f for f in fields if f.metadata["group"] == group):
+            lines += textwrap.wrap(field.metadata["help"], 98, initial_indent="# ",
+                                   subsequent_indent="# ")  # fmt: skip
+            dumped = yaml.safe_dump({field.name: values[field.name]}, sort_keys=False, width=1000)
+            lines += dumped.rstrip("\n").splitlines()
+    return "\n".join(lines) + "\n"
+
+
 def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
-    """Parses ``argv`` into a `TrainConfig` (preset first, then the explicit flags).
+    """Parses ``argv`` into a `TrainConfig`: the preset, then ``--config FILE``, then the
+    explicit flags.
 
     >>> cfg, _ = parse_args(["--preset", "tiny", "--max-steps", "3", "--ref-model", "none"])
     >>> cfg.max_steps, cfg.ref_model, cfg.dataset
     (3, None, 'sample')
+    >>> parse_args(["--preset", "tiny", "--remat"])[0].remat
+    True
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     ns = parser.parse_args(argv)
-    overrides: Mapping[str, Any] = {
-        f.name: getattr(ns, f.name)
-        for f in dataclasses.fields(TrainConfig)
-        if getattr(ns, f.name) is not None or _given(argv, f.name)
-    }
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    flags = {name: getattr(ns, name) for name in names if hasattr(ns, name)}
     try:
-        return from_preset(ns.preset, **overrides), ns
+        from_file = load_config_file(ns.config) if ns.config else {}
+        preset = ns.preset if _given(argv, "preset") else from_file.pop("preset", ns.preset)
+        from_file.pop("preset", None)
+        return from_preset(preset, **{**from_file, **flags}), ns
     except (ValueError, TypeError) as e:
         parser.error(str(e))
         raise  # unreachable: parser.error exits
 
 
 def _given(argv: Sequence[str], name: str) -> bool:
-    """Whether ``--name`` appeared explicitly (so an explicit ``none`` overrides a preset)."""
+    """Whether ``--name`` appeared explicitly."""
     flag = "--" + name.replace("_", "-")
     return any(a == flag or a.startswith(flag + "=") for a in argv)

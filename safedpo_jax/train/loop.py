@@ -27,8 +27,8 @@ from jax.experimental import multihost_utils
 
 from safedpo_jax import losses, models, sharding
 from safedpo_jax.data import BatchIterator, DataSummary, MissingSplitError, load_tokenizer
+from safedpo_jax.train import console, rundir
 from safedpo_jax.train import reference as ref_cache
-from safedpo_jax.train import rundir
 from safedpo_jax.train import step as steps
 from safedpo_jax.train.checkpoint import Checkpointer, abstract_like
 from safedpo_jax.train.config import TrainConfig
@@ -221,7 +221,7 @@ def run_steps(run: Run) -> TrainResult:
     checkpointer = Checkpointer(
         run.output_dir / "checkpoints", save_every=config.save_every, keep=config.keep_checkpoints
     )
-    metrics_log = MetricsLog(run.output_dir, enabled=run.primary)
+    metrics_log = MetricsLog.for_run(config, run.output_dir, enabled=run.primary)
     start, resumed_from = 0, None
     restored = checkpointer.restore_latest(abstract_like(state))
     if restored is not None:
@@ -272,6 +272,8 @@ def run_steps(run: Run) -> TrainResult:
                 if eval_fn is not None and config.eval_every and done % config.eval_every == 0:
                     eval_metrics = _evaluate(run, eval_fn, state.params)
                     metrics_log.write(done, eval_metrics)
+                    if run.primary:
+                        bar.write(console.eval_line(done, eval_metrics))
                 if done % config.save_every == 0:
                     checkpointer.save(
                         done, state, {"data": iterator.state(), "step": done}, force=True
@@ -281,6 +283,8 @@ def run_steps(run: Run) -> TrainResult:
             if eval_fn is not None and start < total_steps and final_eval_due:
                 eval_metrics = _evaluate(run, eval_fn, state.params)
                 metrics_log.write(total_steps, eval_metrics)
+                if run.primary:
+                    bar.write(console.eval_line(total_steps, eval_metrics))
             if total_steps not in checkpointer.steps():
                 checkpointer.save(
                     total_steps, state, {"data": iterator.state(), "step": total_steps}, force=True

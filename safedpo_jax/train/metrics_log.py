@@ -1,4 +1,5 @@
-"""Metric output: one JSON object per logged step in ``metrics.jsonl``, and TensorBoard.
+"""Metric output: one JSON object per logged step in ``metrics.jsonl``, TensorBoard and,
+optionally, Weights & Biases (`MetricsLog.for_run`, ``--report-to``).
 
 Only the primary process (``jax.process_index() == 0``) writes; on other processes a
 `MetricsLog` is a no-op. On resumption the records after the restored step are removed
@@ -9,6 +10,7 @@ line torn by a crash mid-write is dropped there too.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -36,14 +38,44 @@ class MetricsLog:
     [{'step': 1, 'loss': 0.5}]
     """
 
-    def __init__(self, output_dir: str | Path, *, enabled: bool, tensorboard: bool = True):
+    def __init__(
+        self,
+        output_dir: str | Path,
+        *,
+        enabled: bool,
+        tensorboard: bool = True,
+        wandb: Mapping[str, Any] | None = None,
+    ):
         self.path = Path(output_dir) / "metrics.jsonl"
         self.tensorboard_dir = Path(output_dir) / "tensorboard"
         self.enabled = enabled
         self._use_tb = tensorboard
         self._tb: Any = None
+        self._wandb: Any = None
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            # TensorBoard's writer opens lazily (after a resume's truncation); W&B now.
+            if wandb is not None:
+                self._wandb = _start_wandb(Path(output_dir), wandb)
+
+    @classmethod
+    def for_run(cls, config: Any, output_dir: str | Path, *, enabled: bool) -> MetricsLog:
+        """The log a `TrainConfig` asks for: ``report_to`` in tensorboard / wandb / all /
+        none (metrics.jsonl always); the W&B run is named ``run_name`` (else the output
+        directory's name) and holds the whole config."""
+        report_to = config.report_to
+        wandb = None
+        if report_to in ("wandb", "all"):
+            wandb = {
+                "name": config.run_name or Path(output_dir).resolve().name,
+                "config": dataclasses.asdict(config),
+            }
+        return cls(
+            output_dir,
+            enabled=enabled,
+            tensorboard=report_to in ("tensorboard", "all"),
+            wandb=wandb,
+        )
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
         if not self.enabled:
@@ -63,6 +95,9 @@ class MetricsLog:
                 if name != "step" and isinstance(value, int | float) and math.isfinite(value):
                     self._tb.add_scalar(name, value, step)
             self._tb.flush()
+        if self._wandb is not None:
+            scalars = {k: v for k, v in record.items() if k != "step"}
+            self._wandb.log(scalars, step=int(step))
 
     def read(self) -> list[dict[str, Any]]:
         """The records on disk; a torn last line (a crash mid-write) is left out."""
@@ -97,6 +132,40 @@ class MetricsLog:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
+
+
+WANDB_ID_FILE = "wandb_run_id"
+
+
+def _start_wandb(output_dir: Path, settings: Mapping[str, Any]) -> Any:
+    """A W&B run for ``output_dir``: the project from ``WANDB_PROJECT`` (default
+    safedpo_jax), files under ``output_dir``, and one run id kept in ``output_dir`` so a
+    resumed training run continues the same W&B run. ``WANDB_MODE=offline`` logs without
+    a network (``wandb sync`` uploads later)."""
+    try:
+        import wandb
+    except ImportError:
+        raise RuntimeError(
+            "--report-to wandb needs the wandb package: pip install wandb "
+            "(or pick --report-to tensorboard / none)"
+        ) from None
+    id_file = output_dir / WANDB_ID_FILE
+    if id_file.exists():
+        run_id = id_file.read_text().strip()
+    else:
+        run_id = wandb.util.generate_id()
+        id_file.write_text(run_id + "\n")
+    return wandb.init(
+        project=os.environ.get("WANDB_PROJECT", "safedpo_jax"),
+        name=settings["name"],
+        config=dict(settings["config"]),
+        dir=str(output_dir),
+        id=run_id,
+        resume="allow",
+    )
 
 
 def _replace(path: Path, data: bytes) -> None:

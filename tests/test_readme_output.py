@@ -1,0 +1,34 @@
+"""The README quotes what the commands print, in the same formatting."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _synthetic_safety():
+    sys.path.insert(0, str(ROOT / "experiments"))
+    try:
+        path = ROOT / "experiments" / "synthetic_safety.py"
+        spec = importlib.util.spec_from_file_location("synthetic_safety", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["synthetic_safety"] = module
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(ROOT / "experiments"))
+
+
+def test_readme_table_is_the_quick_start_commands_table_of_the_recorded_run():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("What the first command prints", 1)[1]
+    table = [line for line in section.split("\n\n", 2)[1].splitlines() if line.startswith("|")]
+    recorded = json.loads((ROOT / "experiments/results/synthetic_results.json").read_text())
+    printed = _synthetic_safety().results_markdown(recorded["methods"])
+    assert "\n".join(table) + "\n" == printed
+    assert (ROOT / "experiments/results/synthetic_results.md").read_text() == printed
+    assert "e-0" not in printed  # fixed notation for the exact masses, as the prose quotes them
