@@ -138,6 +138,7 @@ def unpaired_examples(rows: Sequence[PreferenceRow], *, seed: int = 0) -> Constr
     point ``z0 = KL(pi || pi_ref)`` as TRL's ``KTOTrainer`` does with its shifted
     completions. The mismatch is a fixed, seeded permutation (every example's completion
     is used as a mismatch exactly once), so a dataset always tokenises the same way.
+    A prompt holding more than half of the examples cannot be mismatched: ValueError.
 
     >>> from safedpo_jax.data.rows import PreferenceRow
     >>> rows = [PreferenceRow(f"q{i}", (f"a{i}", f"b{i}"), unsafe=(i == 0, False),
@@ -153,20 +154,22 @@ def unpaired_examples(rows: Sequence[PreferenceRow], *, seed: int = 0) -> Constr
     n = len(flat)
     if n == 0:
         return [], {}
-    prompts = {r.prompt for r in rows}
-    if len(prompts) < 2:
-        raise ValueError("unpaired (KTO) examples need rows with at least two different prompts")
-    order = list(range(n))
-    random.Random(seed).shuffle(order)
-    # A cyclic shift of a shuffled order is a permutation without fixed points; shift
-    # further until no example gets a completion of its own prompt (at most a few tries
-    # for real data; every shift is tried before giving up).
-    for shift in range(1, n):
-        mate = {order[k]: order[(k + shift) % n] for k in range(n)}
-        if all(flat[i][0].prompt != flat[mate[i]][0].prompt for i in range(n)):
-            break
-    else:
-        raise ValueError("cannot mismatch every KTO example with another prompt's completion")
+    # Group the examples by prompt (groups in a seeded random order), then give each the
+    # completion ``largest group size`` places further along the cycle: no group spans
+    # that far, so every completion answers another prompt, and each is used once.
+    groups: dict[str, list[int]] = {}
+    for i, (row, _) in enumerate(flat):
+        groups.setdefault(row.prompt, []).append(i)
+    keys = list(groups)
+    random.Random(seed).shuffle(keys)
+    order = [i for key in keys for i in groups[key]]
+    shift = max(len(g) for g in groups.values())
+    if 2 * shift > n:
+        raise ValueError(
+            f"unpaired (KTO) examples: one prompt holds {shift} of the {n} examples, too many "
+            "to give each a completion of another prompt"
+        )
+    mate = {order[k]: order[(k + shift) % n] for k in range(n)}
     examples = []
     for i, (row, j) in enumerate(flat):
         other, k = flat[mate[i]]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from datahelpers import TABLE, record
 
@@ -74,3 +76,28 @@ def test_drops_from_validation_and_construction_add_up():
     pairs, summary = build_pairs(rows_from_records(table), "safedpo")
     assert summary.dropped == {"both_unsafe": 1, "identical_responses": 1}
     assert summary.rows == 6 and summary.pairs == len(pairs) == 4
+
+
+def test_unpaired_examples_mismatch_every_completion_once_with_repeated_prompts():
+    """KTO's KL completions: another prompt's response for every example, each used once,
+    also when prompts repeat many times (as in PKU-SafeRLHF and the sample)."""
+    from collections import Counter
+
+    from safedpo_jax.data.pairs import unpaired_examples
+    from safedpo_jax.data.rows import PreferenceRow
+
+    rows = [
+        PreferenceRow(f"q{i % 7}", (f"a{i}", f"b{i}"), unsafe=(i % 3 == 0, False),
+                      better_response_id=0, safer_response_id=1, index=i)
+        for i in range(40)
+    ]  # fmt: skip
+    examples, dropped = unpaired_examples(rows, seed=3)
+    assert dropped == {} and len(examples) == 80
+    prompt_of = {r.responses[j]: r.prompt for r in rows for j in (0, 1)}
+    assert all(prompt_of[e.rejected] != e.prompt for e in examples)
+    assert Counter(e.rejected for e in examples) == Counter(e.chosen for e in examples)
+    assert [e.unsafe[0] for e in examples] == [r.unsafe[j] for r in rows for j in (0, 1)]
+    assert unpaired_examples(rows, seed=3) == (examples, {})  # deterministic
+    one_prompt = [dataclasses.replace(r, prompt="q") for r in rows[:3]] + rows[3:4]
+    with pytest.raises(ValueError, match="one prompt holds 6 of the 8 examples"):
+        unpaired_examples(one_prompt)

@@ -163,4 +163,10 @@ def test_config_presets_flags_and_errors() -> None:
         preset("tiny", lambda_init=0.0)
     with pytest.raises(ValueError, match="unknown preset"):
         preset("ppo")
-    assert len(load_prompts("sample", "train")) == 240
+    # every distinct prompt of the sample's training rows, once, in file order
+    import json
+
+    from safedpo_jax.data.rows import SAMPLE_DIR
+
+    rows = [json.loads(line) for line in (SAMPLE_DIR / "train.jsonl").read_text().splitlines()]
+    assert load_prompts("sample", "train") == list(dict.fromkeys(r["prompt"] for r in rows))
