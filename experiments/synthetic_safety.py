@@ -1,7 +1,7 @@
 """The paper's comparison at CPU scale, in a synthetic safety world with an exact oracle.
 
     scripts/run experiments/synthetic_safety.py --output-dir runs/synthetic \
-        [--seeds N] [--world pku|adversarial] [--quick]
+        [--seeds N] [--world pku|adversarial] [--full]
 
 For each seed (0 .. N-1; the seed sets initialisation, data order and sampling):
 
@@ -636,9 +636,15 @@ def run_dirname(name: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output-dir", required=True, type=Path)
-    parser.add_argument("--quick", action="store_true", help="smaller budgets (a few minutes)")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument(
+        "--quick", action="store_true", help="the quick budget (the default): a few minutes"
+    )
+    budget.add_argument(
+        "--full", action="store_true", help="the full budget (more SFT and training steps)"
+    )
     parser.add_argument(
-        "--seeds", type=int, default=2, help="number of seeds, 0 .. N-1 (default 2)"
+        "--seeds", type=int, default=1, help="number of seeds, 0 .. N-1 (default 1)"
     )
     parser.add_argument(
         "--world", default=synthetic.DEFAULT_WORLD, choices=sorted(synthetic.WORLDS)
@@ -649,7 +655,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.error(f"--seeds must be >= 1, got {args.seeds}")
-    base = dataclasses.replace(WorldSetup.quick() if args.quick else WorldSetup(), world=args.world)
+    base = dataclasses.replace(WorldSetup() if args.full else WorldSetup.quick(), world=args.world)
     out: Path = args.output_dir
     if args.fresh and out.exists():
         shutil.rmtree(out)
@@ -679,7 +685,7 @@ def main(argv: list[str] | None = None) -> int:
     world = synthetic.get_world(args.world)
     header = (
         f"World `{world.name}` ({world.description}); "
-        f"{'quick' if args.quick else 'full'} budget; seeds {list(setups)}; {elapsed:.0f} s.\n\n"
+        f"{'full' if args.full else 'quick'} budget; seeds {list(setups)}; {elapsed:.0f} s.\n\n"
     )
     text = header + summary_markdown(agg, len(setups)) + "\n" + claims_markdown(claims)
     (out / "results.md").write_text(text)

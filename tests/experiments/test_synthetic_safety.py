@@ -167,17 +167,18 @@ def test_micro_run_two_seeds_writes_results_claims_and_reports(tmp_path, monkeyp
     a, b = (results["per_seed"][s]["SafeDPO"]["unsafe_mass"] for s in ("0", "1"))
     assert a != b
     verdicts = {ss.HOLDS, ss.FAILS, ss.NOISE}
-    assert len(results["claims"]) == 3
+    # the paper's three claims and SafeDPO against SafeRLHF, SACPO and P-SACPO
+    assert len(results["claims"]) == 6
     for claim in results["claims"]:
         assert {c["verdict"] for c in claim["checks"].values()} <= verdicts
     md = (tmp_path / "results.md").read_text()
-    assert md.count("| SafeDPO |") == 1 and "±" in md and md.count("\n- ") == 3
+    assert md.count("| SafeDPO |") == 1 and "±" in md and md.count("\n- ") == 6
     for seed in (0, 1):
         for name in ("summary.md", "summary.json", "tradeoff.png", "failures.md"):
             assert (tmp_path / f"seed{seed}" / "eval" / name).exists(), name
     # A second call with another setup refuses to mix runs.
     with pytest.raises(SystemExit):
-        ss.main(["--output-dir", str(tmp_path), "--seeds", "1"])
+        ss.main(["--output-dir", str(tmp_path), "--seeds", "1", "--full"])
 
 
 @pytest.mark.slow
