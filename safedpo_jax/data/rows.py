@@ -438,7 +438,8 @@ def validate_rows(
         more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
         raise DataError(
             f"{len(problems)} invalid value(s) in {raw.source} "
-            f"(on_error='drop' drops such rows instead):\n  {shown}{more}"
+            "(--on-error drop, or on_error='drop', drops and counts such rows instead):"
+            f"\n  {shown}{more}"
         )
     return rows, dict(dropped)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from safedpo_jax.data.pairs import PairMode
-from safedpo_jax.data.rows import SafetyLabel
+from safedpo_jax.data.rows import OnError, SafetyLabel
 from safedpo_jax.data.tokenization import SFTResponses
 from safedpo_jax.losses import LinkName
 from safedpo_jax.models.options import DTYPE_NAMES, DTypeName
@@ -135,6 +135,12 @@ class TrainConfig:
     )
     safety_label: SafetyLabel = _option(
         "is_safe", "data", "safety from the is_response_*_safe columns or from severity"
+    )
+    on_error: OnError = _option(
+        "raise",
+        "data",
+        "a row that fails validation stops the run naming file, row and column (raise), or "
+        "is dropped and counted in the data summary (drop)",
     )
     keep_both_unsafe: bool = _option(
         False,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -101,6 +102,14 @@ def build_model(
     ``config.score_layout``) when it holds one, or random from ``model_config``.
     """
     options = {**model_options(config).kwargs(), "mesh": mesh}
+    if path is not None and not Path(path).expanduser().exists() and jax.process_index() == 0:
+        # A Hub id (the paper preset's default model is one): say what is fetched.
+        print(
+            f"model {path}: not a local directory, so its config.json and safetensors come "
+            "from the Hugging Face Hub cache, downloaded first if absent (a 7B model is "
+            "about 13.5 GB; pass --model DIR to use a local checkpoint)",
+            flush=True,
+        )
     if score_type is None:
         if path is not None:
             model = models.from_pretrained(path, **options)

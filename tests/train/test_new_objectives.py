@@ -221,3 +221,30 @@ def test_length_normalised_ipo_divides_by_each_completions_scored_tokens(mesh):
     policy = models.init_model(config, rngs=nnx.Rngs(0), mesh=mesh)  # the step donated it
     plain = first_step(tiny(), summed, policy, mesh, b, reference)["loss"]
     assert abs(plain - want) > 1e-3 * want  # the summed form differs on these lengths
+
+
+def test_the_trainer_offers_on_error_drop_for_bad_rows(tmp_path):
+    """--on-error drop (the data error message's advice) drops and counts a bad row;
+    the default stops naming it."""
+    import json
+
+    from safedpo_jax.data import DataError
+    from safedpo_jax.data.rows import SAMPLE_DIR
+
+    lines = (SAMPLE_DIR / "train.jsonl").read_text().splitlines()[:20]
+    bad = json.loads(lines[3])
+    bad["better_response_id"] = 7
+    lines[3] = json.dumps(bad)
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    tokenizer = load_tokenizer("sample")
+    for pairs in ("helpful", "unpaired"):
+        config = tiny(
+            dataset=str(path), tokenizer="sample", pairs=pairs, on_error="drop", max_length=64
+        )
+        ds, summary = build_objective(config).load_data(config, tokenizer, "train")
+        assert summary.rows == 20 and summary.dropped == {"invalid_response_id": 1}
+        assert len(ds) == (19 if pairs == "helpful" else 38)
+    with pytest.raises(DataError, match="--on-error drop"):
+        config = tiny(dataset=str(path), tokenizer="sample", pairs="helpful", max_length=64)
+        build_objective(config).load_data(config, tokenizer, "train")

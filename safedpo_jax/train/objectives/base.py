@@ -144,4 +144,5 @@ def data_options(config: TrainConfig, tokenizer: Any) -> dict[str, Any]:
         "template": config.template,
         "config": config.dataset_config,
         "safety_label": config.safety_label,
+        "on_error": config.on_error,
     }
