@@ -53,6 +53,16 @@ class TrainConfig:
       remat: rematerialise each decoder block in the backward pass.
       attention_impl: None (XLA) or "cudnn" (flash attention on NVIDIA GPUs).
 
+    LoRA (`safedpo_jax.train.lora`; the reference is then the base with the adapters'
+    initial values, sharing the base's memory)
+      lora_rank: adapter rank; 0 trains every weight (no adapters) unless ``lora_adapter``.
+      lora_alpha, lora_rslora: the scale ``alpha / r`` (``alpha / sqrt(r)`` with rsLoRA).
+      lora_targets: comma-separated projection names, or a regex fully matching PEFT module
+        names (``model.layers.3.self_attn.q_proj``).
+      lora_dropout: PEFT's dropout; only 0 is implemented.
+      lora_adapter: a PEFT LoRA adapter directory to start from (an SFT adapter): the
+        trained adapter starts from it and the reference is base plus it, frozen.
+
     Data
       dataset: a Hub name, a local file or directory, or "sample" (the embedded synthetic
         PKU-SafeRLHF-style sample).
@@ -126,6 +136,13 @@ class TrainConfig:
     param_dtype: DTypeName = "float32"
     remat: bool = False
     attention_impl: str | None = None
+    # LoRA (safedpo_jax.train.lora)
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    lora_rslora: bool = False
+    lora_dropout: float = 0.0
+    lora_adapter: str | None = None
     # data
     dataset: str = "PKU-Alignment/PKU-SafeRLHF-30K"
     dataset_config: str | None = None
@@ -204,6 +221,7 @@ class TrainConfig:
             (self.log_every > 0, f"log_every must be positive, got {self.log_every}"),
             (self.keep_checkpoints > 0, "keep_checkpoints must be positive"),
             (self.max_steps is None or self.max_steps > 0, "max_steps must be positive"),
+            (self.lora_rank >= 0, f"lora_rank must be >= 0 (0: no LoRA), got {self.lora_rank}"),
             (
                 self.logprob_chunk_size is None or self.logprob_chunk_size >= 0,
                 "logprob_chunk_size must be >= 0 (or None: automatic)",
