@@ -170,15 +170,19 @@ def cache_reference(
     dtype: str,
     chunk_size: int | None,
     announce: Callable[[str], None] | None = None,
+    reference_tag: str | None = None,
 ) -> dict[str, np.ndarray]:
     """Cached reference log-probs ``{split: [N, 2]}`` of each dataset, then frees the reference.
 
     ``setup`` is the run's `safedpo_jax.train.setup.StepSetup`: its reference model runs over
     each dataset once (through the same log-prob path as an in-step reference) unless the
     cache already holds the result; afterwards ``setup.reference`` is None, so the
-    reference's memory is released before training starts.
+    reference's memory is released before training starts. ``reference_tag`` names what
+    else the reference's weights depend on (a LoRA run's starting adapter) and joins the key.
     """
     fingerprint = model_fingerprint(reference_path, random_init=random_init)
+    if reference_tag is not None:
+        fingerprint = hashlib.sha256(f"{fingerprint}:{reference_tag}".encode()).hexdigest()
     logps_fn = setup.reference_logps()
     reference = setup.reference
     to_device = lambda b: setup.objective.device_batch(b, setup.mesh, None)  # noqa: E731
