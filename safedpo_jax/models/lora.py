@@ -47,6 +47,7 @@ True
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import re
@@ -483,6 +484,14 @@ def load_peft_adapter(
     if unused:
         raise ValueError(f"{file}: tensors not matching any adapter, e.g. {unused[0]}")
     return model, config
+
+
+def adapter_fingerprint(path: str | Path) -> str:
+    """A sha256 of a PEFT adapter directory's config and weights files (adapters are small)."""
+    h = hashlib.sha256()
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        h.update((Path(path) / name).read_bytes())
+    return h.hexdigest()
 
 
 # -------------------------------------------------------------------------- base fingerprint
