@@ -76,3 +76,12 @@ def test_generation_vs_hf_smoke():
     assert greedy["first_token_agreement"] == 1.0
     assert greedy["mean_common_prefix"] == result["new_tokens"]
     assert result["results"]["top_p"]["ours_tokens_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_lora_memory_smoke():
+    result = run_smoke("lora_memory.py")
+    (round_,) = result["rounds"]
+    assert round_["lora"]["trainable_params"] < round_["full"]["trainable_params"] / 10
+    row = result["estimates"]["7B on 1x H100 80GB"]
+    assert not row["full"]["fits"] and row["lora16_bf16_base"]["fits"]

@@ -92,6 +92,19 @@ def _dense(x: Array, w: Array, *, contract: int = 1, out_dtype: Any = None) -> A
     return y_rn.reshape(*lead, *n_shape)
 
 
+def _linear(module: nnx.Module, name: str, x: Array, *, contract: int = 1) -> Array:
+    """``x . module.<name>`` (`_dense` in the compute dtype) plus the projection's adapter.
+
+    `safedpo_jax.models.lora` attaches low-rank adapters as ``module.lora[name]``; a
+    module without them runs the plain projection.
+    """
+    y = _dense(x, getattr(module, name)[...].astype(module.dtype), contract=contract)
+    adapters = getattr(module, "lora", None)
+    if adapters is not None and name in adapters:
+        y = y + adapters[name](x).astype(y.dtype)
+    return y
+
+
 def _window_key(window: int | None) -> str:
     return "full" if window is None else f"window{window}"
 
@@ -225,8 +238,8 @@ class Attention(nnx.Module):
         self.dtype = dtype
         self.attention_impl = attention_impl
 
-    def _project(self, x_btd: Array, w: nnx.Param, b: nnx.Param | None) -> Array:
-        y = _dense(x_btd, w[...].astype(self.dtype))  # btd,dnh->btnh
+    def _project(self, x_btd: Array, name: str, b: nnx.Param | None) -> Array:
+        y = _linear(self, name, x_btd)  # btd,dnh->btnh
         return y if b is None else y + b[...].astype(self.dtype)
 
     def __call__(
@@ -237,9 +250,9 @@ class Attention(nnx.Module):
         kv: tuple[Array, Array, Array] | None,
     ) -> tuple[Array, tuple[Array, Array] | None]:
         """``kv``: ``(keys_bskh, values_bskh, write_index)`` of a cache, or None."""
-        q_btnh = self._project(x_btd, self.q_proj, self.q_bias)
-        k_btkh = self._project(x_btd, self.k_proj, self.k_bias)
-        v_btkh = self._project(x_btd, self.v_proj, self.v_bias)
+        q_btnh = self._project(x_btd, "q_proj", self.q_bias)
+        k_btkh = self._project(x_btd, "k_proj", self.k_bias)
+        v_btkh = self._project(x_btd, "v_proj", self.v_bias)
         if self.q_norm is not None:
             q_btnh, k_btkh = self.q_norm(q_btnh), self.k_norm(k_btkh)
         inv_freq = np.asarray(self.inv_freq, np.float32)
@@ -261,7 +274,7 @@ class Attention(nnx.Module):
             mask=mask_b1ts,
             implementation=self.attention_impl,
         )
-        y_btd = _dense(out_btnh, self.o_proj[...].astype(self.dtype), contract=2)  # btnh,nhd->btd
+        y_btd = _linear(self, "o_proj", out_btnh, contract=2)  # btnh,nhd->btd
         if self.o_bias is not None:
             y_btd = y_btd + self.o_bias[...].astype(self.dtype)
         return y_btd, new_kv
@@ -278,9 +291,9 @@ class MLP(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, x_btd: Array) -> Array:
-        gate_btf = _dense(x_btd, self.gate_proj[...].astype(self.dtype))
-        up_btf = _dense(x_btd, self.up_proj[...].astype(self.dtype))
-        return _dense(jax.nn.silu(gate_btf) * up_btf, self.down_proj[...].astype(self.dtype))
+        gate_btf = _linear(self, "gate_proj", x_btd)
+        up_btf = _linear(self, "up_proj", x_btd)
+        return _linear(self, "down_proj", jax.nn.silu(gate_btf) * up_btf)
 
 
 class Block(nnx.Module):

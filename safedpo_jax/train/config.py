@@ -43,6 +43,7 @@ GROUPS: dict[str, str] = {
     "data": "where the preference pairs come from and how they are tokenised",
     "objective": "what is optimised: SafeDPO, a DPO baseline, SFT, reward/cost models, KTO, BFPO",
     "optimisation": "AdamW with linear warmup and cosine decay to 0",
+    "lora": "low-rank adapters: only they train; the reference is the base with them off",
     "mesh": "device mesh and multi-host set-up",
     "checkpoints": "where the outputs go, checkpoint cadence, export",
     "logging": "metrics.jsonl, TensorBoard, Weights & Biases, held-out evaluation",
@@ -100,6 +101,27 @@ class TrainConfig:
     remat: bool = _option(False, "model", "rematerialise each decoder block in the backward pass")
     attention_impl: str | None = _option(
         None, "model", "none (XLA attention) or cudnn (flash attention on NVIDIA GPUs)"
+    )
+    # LoRA (safedpo_jax.train.lora)
+    lora_rank: int = _option(
+        0, "lora", "adapter rank; 0 trains every weight (no adapters) unless --lora-adapter"
+    )
+    lora_alpha: float = _option(
+        16.0, "lora", "adapter scale alpha / r (alpha / sqrt(r) with rsLoRA)"
+    )
+    lora_targets: str = _option(
+        "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+        "lora",
+        "comma-separated projection names, or a regex fully matching PEFT module names "
+        "(model.layers.3.self_attn.q_proj)",
+    )
+    lora_rslora: bool = _option(False, "lora", "rsLoRA scaling alpha / sqrt(r)")
+    lora_dropout: float = _option(0.0, "lora", "PEFT's adapter dropout; only 0 is implemented")
+    lora_adapter: str | None = _option(
+        None,
+        "lora",
+        "a PEFT LoRA adapter directory to start from (an SFT adapter): training starts from it "
+        "and the reference is base plus it, frozen",
     )
     # data
     dataset: str = _option(
@@ -295,6 +317,7 @@ class TrainConfig:
             (self.log_every > 0, f"log_every must be positive, got {self.log_every}"),
             (self.keep_checkpoints > 0, "keep_checkpoints must be positive"),
             (self.max_steps is None or self.max_steps > 0, "max_steps must be positive"),
+            (self.lora_rank >= 0, f"lora_rank must be >= 0 (0: no LoRA), got {self.lora_rank}"),
             (
                 self.logprob_chunk_size is None or self.logprob_chunk_size >= 0,
                 "logprob_chunk_size must be >= 0 (or None: automatic)",

@@ -28,6 +28,7 @@ from jax.experimental import multihost_utils
 from safedpo_jax import losses, models, sharding
 from safedpo_jax.data import BatchIterator, DataSummary, MissingSplitError, load_tokenizer
 from safedpo_jax.train import console, rundir
+from safedpo_jax.train import lora as train_lora
 from safedpo_jax.train import reference as ref_cache
 from safedpo_jax.train import step as steps
 from safedpo_jax.train.checkpoint import Checkpointer, abstract_like
@@ -118,6 +119,7 @@ def prepare(config: TrainConfig) -> Run:
 
     score_type = objective.score_type
     policy = build_model(config, config.model, tokenizer, mesh, config.seed, score_type=score_type)
+    policy = train_lora.attach(config, policy, mesh)  # adapters, when the run trains LoRA
     # The frozen reference: the same weights as the initial policy unless --ref-model.
     reference = None
     ref_path = config.reference_model
@@ -147,6 +149,7 @@ def prepare(config: TrainConfig) -> Run:
             config=config,
             tokenizer=tokenizer,
             announce=(lambda text: print(text, flush=True)) if primary else None,
+            reference_tag=train_lora.reference_tag(config),
         )
     return Run(
         config=config,
@@ -223,9 +226,11 @@ def run_steps(run: Run) -> TrainResult:
     )
     metrics_log = MetricsLog.for_run(config, run.output_dir, enabled=run.primary)
     start, resumed_from = 0, None
+    base_meta = train_lora.checkpoint_meta(setup.policy)  # LoRA: the base's fingerprint
     restored = checkpointer.restore_latest(abstract_like(state))
     if restored is not None:
         resumed_from, state, meta = restored
+        train_lora.check_resume(meta, setup.policy)
         iterator.restore(meta["data"])
         start = resumed_from
         if run.primary:
@@ -275,9 +280,8 @@ def run_steps(run: Run) -> TrainResult:
                     if run.primary:
                         bar.write(console.eval_line(done, eval_metrics))
                 if done % config.save_every == 0:
-                    checkpointer.save(
-                        done, state, {"data": iterator.state(), "step": done}, force=True
-                    )
+                    meta = {"data": iterator.state(), "step": done, **base_meta}
+                    checkpointer.save(done, state, meta, force=True)
                 bar.update(1)
             final_eval_due = not config.eval_every or total_steps % config.eval_every
             if eval_fn is not None and start < total_steps and final_eval_due:
@@ -286,9 +290,8 @@ def run_steps(run: Run) -> TrainResult:
                 if run.primary:
                     bar.write(console.eval_line(total_steps, eval_metrics))
             if total_steps not in checkpointer.steps():
-                checkpointer.save(
-                    total_steps, state, {"data": iterator.state(), "step": total_steps}, force=True
-                )
+                meta = {"data": iterator.state(), "step": total_steps, **base_meta}
+                checkpointer.save(total_steps, state, meta, force=True)
     finally:
         bar.close()
         checkpointer.close()
@@ -306,9 +309,17 @@ def run_steps(run: Run) -> TrainResult:
 
 
 def export(run: Run, state: steps.TrainState) -> Path:
-    """Writes the trained policy (and the tokenizer) to ``OUTPUT_DIR/hf``."""
+    """Writes the trained policy (and the tokenizer) to ``OUTPUT_DIR/hf``.
+
+    Under LoRA the adapter also goes to ``OUTPUT_DIR/adapter`` in PEFT's format and ``hf``
+    holds the merged weights.
+    """
     export_dir = run.output_dir / "hf"
-    models.save_pretrained(run.setup.policy.with_params(state.params).merge(), export_dir)
+    module = run.setup.policy.with_params(state.params).merge()
+    adapter_dir, module = train_lora.export_adapter(run.config, module, run.output_dir)
+    if adapter_dir is not None and run.primary:
+        run.tokenizer.save_pretrained(str(adapter_dir))
+    models.save_pretrained(module, export_dir)
     if run.primary:
         run.tokenizer.save_pretrained(str(export_dir))
     multihost_utils.sync_global_devices("export")

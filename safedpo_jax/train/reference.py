@@ -328,6 +328,7 @@ def cache_reference(
     config: Any,
     tokenizer: Any,
     announce: Callable[[str], None] | None = None,
+    reference_tag: str | None = None,
 ) -> dict[str, np.ndarray]:
     """Cached reference log-probs ``{split: [N, 2]}`` of each dataset, then frees the reference.
 
@@ -336,12 +337,16 @@ def cache_reference(
     cache already holds the result under the key of `cache_facts`; afterwards
     ``setup.reference`` is None, so the reference's memory is released before training.
     ``config`` is the run's `TrainConfig`; ``datasets`` maps "train" / "eval" to datasets.
+    ``reference_tag`` names what else the reference's weights depend on (a LoRA run's
+    starting adapter) and joins the key.
     """
     from safedpo_jax.models.hf import resolve
 
     ref_path = config.reference_model
     random_init = None if ref_path else {"config": config.model_config, "seed": config.seed}
     fingerprint = model_fingerprint(ref_path, random_init=random_init, resolve=resolve)
+    if reference_tag is not None:
+        fingerprint = hashlib.sha256(f"{fingerprint}:{reference_tag}".encode()).hexdigest()
     tokenizer_fp = tokenizer_fingerprint(tokenizer)
     logps_fn = setup.reference_logps()
     reference = setup.reference

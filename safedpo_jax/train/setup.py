@@ -22,7 +22,7 @@ from jax.sharding import Mesh
 
 from safedpo_jax import models
 from safedpo_jax.logprobs import sequence_logps
-from safedpo_jax.models import Model, ModelOptions
+from safedpo_jax.models import Model, ModelOptions, lora
 from safedpo_jax.models.config import FAMILY_CLASS_PREFIX
 from safedpo_jax.models.hf import resolve
 from safedpo_jax.train import step as steps
@@ -184,7 +184,9 @@ class StepSetup:
             micro_batches=self.config.micro_batches,
         )
         reference = self.reference if reference_in_step else None
-        return steps.jit_step(impl, self.state, self.mesh, reference=reference)
+        return steps.jit_step(
+            impl, self.state, self.mesh, reference=reference, policy_rest=self.policy.rest
+        )
 
     def reference_logps(self) -> Callable[[Model, StepBatch], jax.Array]:
         """Jitted ``(reference, batch) -> [B, 2]`` float32 log-probs (for cached references).
@@ -220,7 +222,9 @@ def setup_step(
     `build_objective(config)`; ``total_steps`` sets the learning-rate schedule.
     """
     objective = build_objective(config) if objective is None else objective
-    policy_model = Model.split(policy)
+    # What trains: every parameter, or only the LoRA adapters when the policy carries them
+    # (then the frozen base is in ``rest`` and the reference below shares it).
+    policy_model = lora.split(policy)
     ref_model = None
     if objective.uses_reference:
         if reference is None:

@@ -97,16 +97,19 @@ def make_step(
     """The un-jitted step of ``objective``; `jit_step` compiles it with explicit shardings.
 
     ``policy`` supplies the static parts (graph and buffers); its parameters come from the
-    state at each call.
+    state at each call. The optional fourth argument ``rest`` replaces ``policy.rest`` (the
+    frozen part: buffers, or the whole base model under LoRA) so that `jit_step` can pass it
+    as an argument instead of baking it into the executable as a constant.
     """
 
     def step(
-        state: TrainState, reference: Model | None, batch: Any
+        state: TrainState, reference: Model | None, batch: Any, rest: nnx.State | None = None
     ) -> tuple[TrainState, dict[str, Array]]:
         denominator = jnp.maximum(objective.denominator(batch), 1.0)
+        frozen = policy if rest is None else dataclasses.replace(policy, rest=rest)
 
         def micro_loss(params: nnx.State, mb: Any) -> tuple[Array, dict[str, Array]]:
-            numerator, sums = objective.sums(policy.with_params(params), reference, mb)
+            numerator, sums = objective.sums(frozen.with_params(params), reference, mb)
             return numerator / denominator, sums
 
         loss, grads, sums = _accumulate(micro_loss, state.params, batch, micro_batches)
@@ -117,11 +120,21 @@ def make_step(
 
 
 def make_eval_sums(objective: Objective, policy: Model) -> Callable[..., dict[str, Array]]:
-    """Jitted ``(params, reference, batch) -> metric sums`` of ``objective`` (held-out eval)."""
+    """Jitted ``(params, reference, batch) -> metric sums`` of ``objective`` (held-out eval).
+
+    ``policy.rest`` (under LoRA the frozen base) is an argument of the compiled function,
+    not a constant of it.
+    """
 
     @jax.jit
+    def sums(
+        params: nnx.State, rest: nnx.State, reference: Model | None, batch: Any
+    ) -> dict[str, Array]:
+        model = dataclasses.replace(policy, params=params, rest=rest)
+        return objective.sums(model, reference, batch)[1]
+
     def eval_sums(params: nnx.State, reference: Model | None, batch: Any) -> dict[str, Array]:
-        return objective.sums(policy.with_params(params), reference, batch)[1]
+        return sums(params, policy.rest, reference, batch)
 
     return eval_sums
 
@@ -209,20 +222,45 @@ def _apply(
     return new, metrics
 
 
-def jit_step(step: Step, state: TrainState, mesh: Mesh, *, reference: Model | None) -> Step:
+def jit_step(
+    step: Step,
+    state: TrainState,
+    mesh: Mesh,
+    *,
+    reference: Model | None,
+    policy_rest: nnx.State | None = None,
+) -> Step:
     """Compiles ``step`` with explicit in/out shardings and a donated state.
 
     Parameters and optimizer state keep the shardings they have (the logical-axis rules),
     the frozen reference keeps its own, every batch array is split over
-    ``("data", "fsdp")`` on its leading axis, and metrics come back replicated.
+    ``("data", "fsdp")`` on its leading axis, and metrics come back replicated. With
+    ``policy_rest`` (the policy's frozen state: under LoRA the base model) the compiled
+    step takes it as an argument, keeping its sharding; the returned function still has
+    the signature ``(state, reference, batch)``.
     """
     state_sh = state_shardings(state)
     ref_sh = None if reference is None else jax.tree.map(lambda x: x.sharding, reference)
     replicated = NamedSharding(mesh, PartitionSpec())
     batch_sh = sharding.batch_sharding(mesh, 1)  # a prefix: applies to every batch leaf
-    return jax.jit(
+    if policy_rest is None:
+        return jax.jit(
+            step,
+            in_shardings=(state_sh, ref_sh, batch_sh),
+            out_shardings=(state_sh, replicated),
+            donate_argnums=(0,),
+        )
+    rest_sh = jax.tree.map(lambda x: x.sharding, policy_rest)
+    jitted = jax.jit(
         step,
-        in_shardings=(state_sh, ref_sh, batch_sh),
+        in_shardings=(state_sh, ref_sh, batch_sh, rest_sh),
         out_shardings=(state_sh, replicated),
         donate_argnums=(0,),
     )
+
+    def with_rest(
+        state: TrainState, reference: Model | None, batch: Any
+    ) -> tuple[TrainState, dict[str, Array]]:
+        return jitted(state, reference, batch, policy_rest)
+
+    return with_rest
