@@ -263,4 +263,8 @@ def jit_step(
     ) -> tuple[TrainState, dict[str, Array]]:
         return jitted(state, reference, batch, policy_rest)
 
+    # Ahead-of-time lowering (benchmarks, compile-time checks) with the same three arguments.
+    with_rest.lower = lambda state, reference, batch: jitted.lower(  # type: ignore[attr-defined]
+        state, reference, batch, policy_rest
+    )
     return with_rest
