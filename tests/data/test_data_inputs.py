@@ -56,11 +56,13 @@ def test_the_trainer_runs_without_held_out_evaluation_on_a_single_file(tmp_path,
     from safedpo_jax.data import load_tokenizer
     from safedpo_jax.train.config import TINY_LLAMA, TrainConfig
     from safedpo_jax.train.loop import load_datasets
+    from safedpo_jax.train.objectives import build_objective
 
     path = write_jsonl(tmp_path / "pku.jsonl", TABLE)
     config = TrainConfig(dataset=str(path), pairs="helpful", max_length=64, model_config=TINY_LLAMA)
     assert config.eval_split == "test"
-    train_ds, _, eval_ds, eval_summary = load_datasets(config, load_tokenizer("sample"))
+    objective = build_objective(config)
+    train_ds, _, eval_ds, eval_summary = load_datasets(config, objective, load_tokenizer("sample"))
     assert len(train_ds) == 5 and eval_ds is None and eval_summary is None
     out = capsys.readouterr().out
     assert "no held-out evaluation" in out and "pku.jsonl" in out

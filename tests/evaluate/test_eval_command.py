@@ -53,7 +53,8 @@ def exported(tmp_path_factory):
 
 
 def test_load_prompts_sample_and_files(tmp_path):
-    prompts = load_prompts("sample", split="test")
+    assert {p.category for p in load_prompts("sample", split="test")} == {None}  # no oracle
+    prompts = load_prompts("sample", split="test", oracle=synthetic.ORACLE)
     assert len(prompts) == 120
     assert {p.category for p in prompts} == {"unsafe", "benign"}
     assert sum(p.category == "unsafe" for p in prompts) == 60
