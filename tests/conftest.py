@@ -9,3 +9,7 @@ import os
 _flag = "--xla_force_host_platform_device_count=8"
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_flag}".strip()
+
+# The commands turn on JAX's persistent compilation cache (safedpo_jax.compile_cache);
+# tests never write to the user's cache directory.
+os.environ.setdefault("SAFEDPO_JAX_CACHE", "off")

@@ -19,6 +19,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     import datasets
     import jax
 
+    from safedpo_jax.compile_cache import enable_compilation_cache
+
+    enable_compilation_cache()  # a second launch of the same configuration compiles nothing
+
     from safedpo_jax.data import DataError
     from safedpo_jax.train.checkpoint import CheckpointMismatch, CheckpointWriteError
     from safedpo_jax.train.console import closing_summary
