@@ -18,8 +18,12 @@ resident set are read:
   ``imports``; ``load+setup`` (`from_pretrained` twice and `DPOTrainer`); ``step1`` (its
   first step, which also creates the AdamW state); ``steps`` (the remaining steps).
 
-Beside the measurement, the accounting in bytes: weights (policy, reference), gradients,
-AdamW moments, and the ``[2B, T, V]`` float32 logits a full log-softmax materialises.
+XLA's own buffer accounting (``xla_mib``, abstract compiles in the parent process): the
+step's temp buffers with the automatic log-prob chunking, 16-position chunks and full
+logits, and the policy loss's temp forward only and with its gradient.
+``--xla-only`` runs just that part. Beside the measurement, the accounting in bytes:
+weights (policy, reference), gradients, AdamW moments, and the ``[2B, T, V]`` float32
+logits a full log-softmax materialises.
 
     PYTHONPATH=. python experiments/benchmarks/memory_phases.py          # ~10 minutes
     PYTHONPATH=. python experiments/benchmarks/memory_phases.py --smoke  # tiny, ours only
@@ -56,6 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tokens", type=int, default=129)
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--no-trl", action="store_true")
+    p.add_argument("--xla-only", action="store_true", help="only the XLA buffer breakdown")
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--child", choices=("ours", "trl"), help=argparse.SUPPRESS)
     p.add_argument("--weights", help=argparse.SUPPRESS)
@@ -204,6 +209,64 @@ def child_trl(args: argparse.Namespace, weights: Path) -> dict[str, Any]:
     return {"phases": ph.rows, "losses": losses}
 
 
+def xla_breakdown(args: argparse.Namespace, vocab: int) -> dict[str, Any]:
+    """XLA's temp buffers (MiB) of abstract compiles, nothing allocated: the whole step at
+    several log-prob chunk sizes (0 = full logits), and the policy's loss alone, forward
+    only and with its gradient."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from safedpo_jax import models, sharding
+    from safedpo_jax.train import objectives as steps_lib
+    from safedpo_jax.train.config import from_preset
+    from safedpo_jax.train.objectives.preference import PreferenceObjective
+    from safedpo_jax.train.setup import setup_step
+
+    hf = C.llama_config(DIMS, vocab_size=vocab)
+    dc = models.DecoderConfig.from_hf(hf)
+    mesh = sharding.make_mesh(1, 1, 1)
+    b, t = args.pairs, args.tokens
+    sds = jax.ShapeDtypeStruct
+    batch = steps_lib.StepBatch(
+        input_ids=sds((b, 2, t), jnp.int32),
+        attention_mask=sds((b, 2, t), jnp.int32),
+        loss_mask=sds((b, 2, t), bool),
+        unsafe=sds((b, 2), bool),
+        valid=sds((b,), bool),
+    )
+    mib = lambda n: round(n / 2**20, 1)  # noqa: E731
+    out: dict[str, Any] = {"step_temp_by_chunk": {}}
+    policy = models.init_model(dc, rngs=nnx.Rngs(0), mesh=mesh)
+    for chunk in (None, 16, 0):
+        config = from_preset("tiny", model_config=hf, pairs="helpful", batch_size=b,
+                             max_length=t, logprob_chunk_size=chunk)  # fmt: skip
+        setup = setup_step(config, policy, mesh, reference=policy, total_steps=10)
+        fn = setup.compile(reference_in_step=True)
+        with jax.set_mesh(mesh):
+            analysis = fn.lower(setup.state, setup.reference, batch).compile().memory_analysis()
+        out["step_temp_by_chunk"]["auto" if chunk is None else str(chunk)] = mib(
+            analysis.temp_size_in_bytes
+        )
+        out["step_argument"] = mib(analysis.argument_size_in_bytes)
+    model = models.Model.split(policy)
+    objective = PreferenceObjective(pairs="helpful", safe=False)
+
+    def loss(params: Any, reference: Any, batch: Any) -> Any:
+        return objective.sums(model.with_params(params), reference, batch)[0]
+
+    for name, fn in (
+        ("forward", jax.jit(loss)),
+        ("value_and_grad", jax.jit(jax.value_and_grad(loss))),
+    ):
+        analysis = fn.lower(model.params, model, batch).compile().memory_analysis()
+        out[f"loss_{name}"] = {
+            "temp": mib(analysis.temp_size_in_bytes),
+            "output": mib(analysis.output_size_in_bytes),
+        }
+    return out
+
+
 def save_weights(vocab: int, directory: Path) -> dict[str, Any]:
     import torch
     import transformers
@@ -234,8 +297,13 @@ def main(argv: list[str] | None = None) -> None:
         with tempfile.TemporaryDirectory() as work:
             config = save_weights(vocab, Path(work))
             row: dict[str, Any] = {
-                "accounting_mib": accounting(config, 2 * args.pairs, args.tokens)
+                "accounting_mib": accounting(config, 2 * args.pairs, args.tokens),
+                "xla_mib": xla_breakdown(args, vocab),
             }
+            print(f"V={vocab} xla: " + json.dumps(row["xla_mib"]), flush=True)
+            if args.xla_only:
+                results[str(vocab)] = row
+                continue
             for side in ("ours",) if args.no_trl else ("ours", "trl"):
                 child = C.run_child([__file__, *common, "--child", side, "--weights", work])
                 row[side] = child
