@@ -85,3 +85,17 @@ def test_lora_memory_smoke():
     assert round_["lora"]["trainable_params"] < round_["full"]["trainable_params"] / 10
     row = result["estimates"]["7B on 1x H100 80GB"]
     assert not row["full"]["fits"] and row["lora16_bf16_base"]["fits"]
+
+
+@pytest.mark.slow
+def test_warm_start_smoke():
+    result = run_smoke("warm_start.py")
+    assert result["ours_warm"]["cpu_s"] < result["ours_cold"]["cpu_s"]
+
+
+@pytest.mark.slow
+def test_memory_phases_smoke():
+    result = run_smoke("memory_phases.py")
+    ours = result["results"]["1000"]["ours"]
+    assert set(ours["phases"]) == {"imports", "load", "setup", "compile", "step1", "steps"}
+    assert ours["phases"]["compile"]["xla_mib"]["temp"] >= 0
