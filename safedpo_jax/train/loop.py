@@ -115,6 +115,7 @@ def prepare(config: TrainConfig) -> Run:
         summary["eval"] = eval_summary.to_dict()
     if primary:
         print(train_summary.to_text(), flush=True)
+        output_dir.mkdir(parents=True, exist_ok=True)  # `prepare` alone, without `train`
         (output_dir / "data_summary.json").write_text(json.dumps(summary, indent=2))
 
     score_type = objective.score_type

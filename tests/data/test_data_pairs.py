@@ -61,7 +61,13 @@ def test_keep_both_unsafe_is_safedpo_only():
 
 
 def test_registry_and_unknown_mode():
-    assert sorted(PAIR_CONSTRUCTIONS) == ["harmless", "helpful", "safebetter", "safedpo"]
+    assert sorted(PAIR_CONSTRUCTIONS) == [
+        "harmless",
+        "helpful",
+        "safebetter",
+        "safedpo",
+        "unpaired",
+    ]
     rows, _ = validate_rows(rows_from_records(TABLE))
     for fn in PAIR_CONSTRUCTIONS.values():
         assert callable(fn)

@@ -109,7 +109,7 @@ def test_command_writes_table_plot_and_failures(exported, tmp_path, capsys):
 
     summary = json.loads((out / "summary.json").read_text())
     assert [r["name"] for r in summary["runs"]] == ["sft", "safedpo"]
-    first = load_prompts("sample", limit=12)
+    first = load_prompts("sample", limit=12, oracle=synthetic.ORACLE)
     n_unsafe = sum(p.category == "unsafe" for p in first)
     assert summary["settings"]["num_prompts"] == {
         "main/unsafe": n_unsafe,

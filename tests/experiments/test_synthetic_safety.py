@@ -100,7 +100,8 @@ def test_claims_use_the_right_metrics_and_directions(ss):
         for s in range(3)
     }
     claims = ss.check_claims(runs)
-    assert [c["claim"] for c in claims] == [c[0] for c in ss.CLAIMS]
+    # the dominance claims name methods this toy run has not trained: left out
+    assert [c["claim"] for c in claims] == [c[0] for c in ss.CLAIMS if ":" not in c[2]]
     verdicts = [{m: ch["verdict"] for m, ch in c["checks"].items()} for c in claims]
     assert verdicts[0] == {"harmless_ratio": ss.HOLDS, "unsafe_mass": ss.HOLDS}
     assert verdicts[1] == {"helpfulness": ss.HOLDS, "expected_helpfulness": ss.HOLDS}
@@ -112,6 +113,23 @@ def test_claims_use_the_right_metrics_and_directions(ss):
         "helpfulness: **holds** (closest: vs SFT (reference), margin for SafeDPO +0.07 ± 0.00577)"
         in text
     )
+    # dominance: SafeDPO against a method that is safer but less helpful does not dominate
+    # it (one axis each way), against one worse on every axis it does
+    for s_, per in runs.items():
+        per["SafeRLHF"] = {
+            **per["SafeDPO"],
+            "harmless_ratio": 0.99,
+            "unsafe_mass": 0.01,
+            "helpfulness": 0.20 + 0.01 * s_,
+            "expected_helpfulness": 0.2,
+        }
+        per["SACPO"] = {k: v for k, v in per[ss.REFERENCE].items()}
+    claims = {c["claim"]: c["checks"] for c in ss.check_claims(runs)}
+    vs_rlhf = claims["SafeDPO's trade-off dominates SafeRLHF's (safer and more helpful)"]
+    assert vs_rlhf["harmless_ratio"]["verdict"] == ss.FAILS
+    assert vs_rlhf["helpfulness"]["verdict"] == ss.HOLDS
+    vs_sacpo = claims["SafeDPO's trade-off dominates SACPO's (safer and more helpful)"]
+    assert {c["verdict"] for c in vs_sacpo.values()} == {ss.HOLDS}
 
 
 def test_aggregate_and_markdown(ss):

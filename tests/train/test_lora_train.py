@@ -17,8 +17,10 @@ from safedpo_jax import sharding
 from safedpo_jax.data import load_tokenizer
 from safedpo_jax.logprobs import sequence_logps
 from safedpo_jax.models import Model, lora, save_pretrained
+from safedpo_jax.train import lora as train_lora
 from safedpo_jax.train.config import from_preset
 from safedpo_jax.train.loop import prepare, train
+from safedpo_jax.train.rundir import RunDirMismatch
 from safedpo_jax.train.setup import build_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -192,10 +194,26 @@ def test_resume_is_exact_and_refuses_another_base(tmp_path):
     assert read_metrics(resumed.output_dir) == original
     for a, b in zip(jax.tree.leaves(resumed.state), jax.tree.leaves(first.state), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    # the same adapters on a different base: a clear error, not a silent wrong run
+    # the same adapters on a different base: a clear error, not a silent wrong run. A
+    # changed configuration is refused by the run directory before anything is touched;
+    # a base whose weights changed under the same configuration (a checkpoint directory
+    # rewritten in place) by the base fingerprint the checkpoints carry.
     shutil.rmtree(ckpt / "4")
-    with pytest.raises(ValueError, match="base model differs"):
+    with pytest.raises(RunDirMismatch, match="model_config"):
         train(config.replace(model_config={**MICRO, "initializer_range": 0.05}))
+    meta = train_lora.checkpoint_meta(Model.split(first_policy(config)))
+    other = first_policy(config.replace(model_config={**MICRO, "initializer_range": 0.05}))
+    train_lora.check_resume(meta, Model.split(first_policy(config)))  # the same base: fine
+    with pytest.raises(ValueError, match="base model differs"):
+        train_lora.check_resume(meta, Model.split(other))
+
+
+def first_policy(config):
+    """The run's policy as `prepare` builds it: the base with fresh adapters attached."""
+    tokenizer = load_tokenizer("sample")
+    mesh = sharding.make_mesh(1, 1, 1)
+    model = build_model(config.replace(lora_rank=0), None, tokenizer, mesh, config.seed)
+    return train_lora.attach(config, model, mesh)
 
 
 def test_eight_devices_equal_one(tmp_path):

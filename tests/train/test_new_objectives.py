@@ -11,37 +11,23 @@ from __future__ import annotations
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
+from trainhelpers import LABELS, MICRO, B, T, batch, build, pair_logps
 
-from safedpo_jax import logprobs, models, sharding
+from safedpo_jax import models, sharding
 from safedpo_jax.data import load_preference_data, load_tokenizer
 from safedpo_jax.train.config import from_preset
 from safedpo_jax.train.objectives import (
     BFPOObjective,
     KTOObjective,
     ScoreObjective,
-    StepBatch,
     build_objective,
 )
 from safedpo_jax.train.objectives.score import drop_contradictory, end_scores
 from safedpo_jax.train.setup import setup_step
 
-MICRO = {
-    "model_type": "llama",
-    "vocab_size": 64,
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "initializer_range": 0.2,
-}
 SCORE = {**MICRO, "architectures": ["LlamaForScore"], "score_dim": 1, "bias": True}
-B, T = 4, 16
-LABELS = np.array([[False, False], [True, False], [False, True], [True, True]])
 
 
 @pytest.fixture(scope="module")
@@ -52,19 +38,6 @@ def mesh():
 def tiny(**overrides):
     fields = dict(model_config=MICRO, batch_size=B, max_length=T, warmup_ratio=0.0)
     return from_preset("tiny", **{**fields, **overrides})
-
-
-def batch(unsafe=LABELS):
-    rng = np.random.default_rng(0)
-    lengths = rng.integers(T // 2, T + 1, (B, 2))
-    attention = np.arange(T)[None, None, :] < lengths[..., None]
-    return StepBatch(
-        input_ids=jnp.asarray(rng.integers(1, 64, (B, 2, T)), jnp.int32),
-        attention_mask=jnp.asarray(attention, jnp.int32),
-        loss_mask=jnp.asarray(attention & (np.arange(T) >= 4)),
-        unsafe=jnp.asarray(unsafe),
-        valid=jnp.ones((B,), bool),
-    )
 
 
 def first_step(config, objective, policy, mesh, b, reference=None):
@@ -82,7 +55,7 @@ def log_sigmoid(x):
 
 @pytest.mark.parametrize("kind", ["reward", "cost"])
 def test_score_objectives_match_numpy_on_the_models_end_scores(mesh, kind):
-    model = models.init_model(models.DecoderConfig.from_hf(SCORE), rngs=nnx.Rngs(0), mesh=mesh)
+    model = build(mesh, 0, SCORE)
     b = batch()
     s = np.asarray(end_scores(models.Model.split(model), b), np.float64)
     # the end score is the head at the last real token of each sequence
@@ -134,7 +107,7 @@ def test_contradictory_cost_pairs_are_counted_and_dropped_or_raise():
 
 
 def test_kto_at_the_reference_and_its_data_weights(mesh):
-    policy = models.init_model(models.DecoderConfig.from_hf(MICRO), rngs=nnx.Rngs(0), mesh=mesh)
+    policy = build(mesh, 0)
     b = batch()
     objective = KTOObjective(beta=0.5).with_data(
         dataclasses.make_dataclass("D", ["unsafe"])(
@@ -150,13 +123,8 @@ def test_kto_at_the_reference_and_its_data_weights(mesh):
 
 
 def test_kto_against_numpy_with_a_different_reference(mesh):
-    config = models.DecoderConfig.from_hf(MICRO)
-    policy = models.init_model(config, rngs=nnx.Rngs(0), mesh=mesh)
-    reference = models.init_model(config, rngs=nnx.Rngs(1), mesh=mesh)
-    b = batch()
-    args = (b.input_ids, b.attention_mask, b.loss_mask)
-    p = np.asarray(logprobs.sequence_logps(models.Model.split(policy), *args), np.float64)
-    r = np.asarray(logprobs.sequence_logps(models.Model.split(reference), *args), np.float64)
+    policy, reference, b = build(mesh, 0), build(mesh, 1), batch()
+    p, r = pair_logps(policy, b), pair_logps(reference, b)
     beta, w_u = 0.3, 2.0
     z0 = max(0.0, np.mean(p[:, 1] - r[:, 1]))
     ratio = p[:, 0] - r[:, 0]
@@ -172,13 +140,8 @@ def test_kto_against_numpy_with_a_different_reference(mesh):
 
 
 def test_bfpo_against_numpy(mesh):
-    config = models.DecoderConfig.from_hf(MICRO)
-    policy = models.init_model(config, rngs=nnx.Rngs(0), mesh=mesh)
-    reference = models.init_model(config, rngs=nnx.Rngs(1), mesh=mesh)
-    b = batch()
-    args = (b.input_ids, b.attention_mask, b.loss_mask)
-    p = np.asarray(logprobs.sequence_logps(models.Model.split(policy), *args), np.float64)
-    r = np.asarray(logprobs.sequence_logps(models.Model.split(reference), *args), np.float64)
+    policy, reference, b = build(mesh, 0), build(mesh, 1), batch()
+    p, r = pair_logps(policy, b), pair_logps(reference, b)
     beta, b1, alpha = 0.1, 3.0, 0.5
     b3 = 1 / (b1 - 1)
     s = 1.0 - LABELS  # 1 = safe
@@ -202,13 +165,8 @@ def test_the_config_builds_each_objective_with_its_hyperparameters():
 
 def test_length_normalised_ipo_divides_by_each_completions_scored_tokens(mesh):
     """--length-normalize passes TRL's completion lengths (scored tokens) to the kernel."""
-    config = models.DecoderConfig.from_hf(MICRO)
-    policy = models.init_model(config, rngs=nnx.Rngs(0), mesh=mesh)
-    reference = models.init_model(config, rngs=nnx.Rngs(1), mesh=mesh)
-    b = batch()
-    args = (b.input_ids, b.attention_mask, b.loss_mask)
-    p = np.asarray(logprobs.sequence_logps(models.Model.split(policy), *args), np.float64)
-    r = np.asarray(logprobs.sequence_logps(models.Model.split(reference), *args), np.float64)
+    policy, reference, b = build(mesh, 0), build(mesh, 1), batch()
+    p, r = pair_logps(policy, b), pair_logps(reference, b)
     lengths = np.asarray(b.loss_mask)[..., 1:].sum(-1)  # the targets that are scored
     beta = 0.1
     gap = (p[:, 0] - r[:, 0]) / lengths[:, 0] - (p[:, 1] - r[:, 1]) / lengths[:, 1]
@@ -218,7 +176,7 @@ def test_length_normalised_ipo_divides_by_each_completions_scored_tokens(mesh):
     np.testing.assert_allclose(metrics["loss"], want, rtol=1e-5)
     summed = build_objective(tiny(pairs="helpful", loss="ipo", beta=beta))
     assert not summed.length_normalize
-    policy = models.init_model(config, rngs=nnx.Rngs(0), mesh=mesh)  # the step donated it
+    policy = build(mesh, 0)  # the step donated the first one
     plain = first_step(tiny(), summed, policy, mesh, b, reference)["loss"]
     assert abs(plain - want) > 1e-3 * want  # the summed form differs on these lengths
 

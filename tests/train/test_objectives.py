@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from trainhelpers import MICRO, B, T, batch
 
 from safedpo_jax import logprobs, models, sharding
 from safedpo_jax.data import PAIR_MODES
@@ -28,35 +29,10 @@ from safedpo_jax.train.objectives import (
 )
 from safedpo_jax.train.setup import setup_step
 
-MICRO = {
-    "model_type": "llama",
-    "vocab_size": 64,
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "initializer_range": 0.2,
-}
-B, T = 4, 16
-
 
 def tiny(**overrides):
     fields = dict(model_config=MICRO, batch_size=B, max_length=T)
     return from_preset("tiny", **{**fields, **overrides})
-
-
-def batch():
-    rng = np.random.default_rng(0)
-    lengths = rng.integers(T // 2, T + 1, (B, 2))
-    attention = np.arange(T)[None, None, :] < lengths[..., None]
-    return StepBatch(
-        input_ids=jnp.asarray(rng.integers(1, 64, (B, 2, T)), jnp.int32),
-        attention_mask=jnp.asarray(attention, jnp.int32),
-        loss_mask=jnp.asarray(attention & (np.arange(T) >= 4)),
-        unsafe=jnp.asarray([[False, False], [True, False], [False, True], [True, True]]),
-        valid=jnp.ones((B,), bool),
-    )
 
 
 def test_registry_covers_the_config_names_and_builds_values():

@@ -72,7 +72,9 @@ def test_wandb_gets_every_record_with_its_step_and_the_whole_config(tmp_path, re
     # a resumed run continues the same W&B run (same id), under --run-name when given
     first_id = init["id"]
     assert (out / WANDB_ID_FILE).read_text().strip() == first_id
-    MetricsLog.for_run(_config("all", run_name="mine"), out, enabled=True).close()
+    log = MetricsLog.for_run(_config("all", run_name="mine"), out, enabled=True)
+    log.write(1, {"loss": 1.0})  # TensorBoard's writer opens at the first record
+    log.close()
     again = recorder.calls[4][1]
     assert again["id"] == first_id and again["name"] == "mine"
     assert (out / "tensorboard").is_dir()  # all = both

@@ -12,24 +12,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
+from trainhelpers import MICRO, B, T, batch, build
 
 from safedpo_jax import logprobs, models, sharding
 from safedpo_jax.train.config import from_preset
-from safedpo_jax.train.objectives import StepBatch
 from safedpo_jax.train.setup import setup_step
-
-MICRO = {
-    "model_type": "llama",
-    "vocab_size": 64,
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "initializer_range": 0.2,
-}
-B, T = 4, 16
 
 
 @pytest.fixture(scope="module")
@@ -37,29 +24,9 @@ def mesh():
     return sharding.make_mesh(1, 1, 1)
 
 
-def build(mesh, seed):
-    config = models.DecoderConfig.from_hf(MICRO)
-    return models.init_model(config, rngs=nnx.Rngs(seed), mesh=mesh)
-
-
 def config(**overrides):
     fields = dict(model_config=MICRO, pairs="helpful", batch_size=B, max_length=T)
     return from_preset("tiny", **{**fields, **overrides})
-
-
-def batch(ref_logps=None):
-    rng = np.random.default_rng(0)
-    lengths = rng.integers(T // 2, T + 1, (B, 2))
-    attention = np.arange(T)[None, None, :] < lengths[..., None]
-    loss_mask = attention & (np.arange(T) >= 4)[None, None, :]
-    return StepBatch(
-        input_ids=jnp.asarray(rng.integers(1, 64, (B, 2, T)), jnp.int32),
-        attention_mask=jnp.asarray(attention, jnp.int32),
-        loss_mask=jnp.asarray(loss_mask),
-        unsafe=jnp.zeros((B, 2), bool),
-        valid=jnp.ones((B,), bool),
-        ref_logps=ref_logps,
-    )
 
 
 def first_loss(setup, *, reference_in_step, step_batch):
