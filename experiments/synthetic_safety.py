@@ -458,6 +458,41 @@ def summary_markdown(agg: Mapping[str, Mapping[str, Any]], n_seeds: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def summary_figure(agg: Mapping[str, Mapping[str, Any]], n_seeds: int) -> Any:
+    """The paper's Figure 2 over seeds: helpfulness (mean oracle reward, y) against the
+    harmless ratio (%, x), each method a large labelled point with one-standard-error bars
+    (raw helpfulness: the normalised scale flips when DPO-HELPFUL lands below SFT)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from safedpo_jax.evaluate.report import place_labels
+
+    names = [n for n, row in agg.items() if row["harmless_ratio"] and row["helpfulness"]]
+    xs = [100 * agg[n]["harmless_ratio"]["mean"] for n in names]
+    ys = [agg[n]["helpfulness"]["mean"] for n in names]
+    xerr = [100 * (agg[n]["harmless_ratio"]["se"] or 0.0) for n in names]
+    yerr = [agg[n]["helpfulness"]["se"] or 0.0 for n in names]
+    fig = Figure(figsize=(7.2, 5.2), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for i, (x, y, ex, ey) in enumerate(zip(xs, ys, xerr, yerr, strict=True)):
+        ax.errorbar(x, y, xerr=ex, yerr=ey, fmt="o", ms=10, color=f"C{i % 10}",
+                    mec="black", mew=0.8, elinewidth=2, capsize=4, zorder=3)  # fmt: skip
+    pad_x = max(xs) - min(xs) + 2 * max(xerr) + 10
+    ax.set_xlim(max(0.0, min(xs) - max(xerr) - 0.25 * pad_x),
+                min(100.0, max(xs) + max(xerr) + 0.25 * pad_x))  # fmt: skip
+    pad_y = max(ys) - min(ys) + 2 * max(yerr) + 0.05
+    ax.set_ylim(min(ys) - max(yerr) - 0.25 * pad_y, max(ys) + max(yerr) + 0.25 * pad_y)
+    ax.set_xlabel("harmless ratio (% of sampled responses with cost <= 0)", fontsize=11)
+    ax.set_ylabel("helpfulness (mean oracle reward)", fontsize=11)
+    ax.set_title(f"helpfulness against harmless ratio, mean ± 1 SE over {n_seeds} seeds",
+                 fontsize=12)  # fmt: skip
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    place_labels(ax, list(zip(xs, ys, strict=True)), names)
+    return fig
+
+
 HOLDS, FAILS, NOISE, ONE_SEED = "holds", "does not hold", "within noise", "one seed: no verdict"
 
 
@@ -689,6 +724,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     text = header + summary_markdown(agg, len(setups)) + "\n" + claims_markdown(claims)
     (out / "results.md").write_text(text)
+    summary_figure(agg, len(setups)).savefig(out / "tradeoff.png", format="png")
     payload = {
         "setup": dataclasses.asdict(base) | {"seed": None},
         "world": {"name": world.name, "composition": world.composition.cells},
