@@ -31,6 +31,8 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from safedpo_jax import sharding
+from safedpo_jax.data.batches import default_bucket_lengths
+from safedpo_jax.data.tokenization import SAFE_RLHF_TEMPLATE  # the one template (re-exported)
 
 __all__ = [
     "SAFE_RLHF_TEMPLATE",
@@ -64,7 +66,6 @@ def check_vocabulary(model: Any, tokenizer: Any, *, where: str = "the model") ->
 
 # The safe-rlhf prompt template the beaver score models were trained with (no space
 # between "ASSISTANT:" and the response).
-SAFE_RLHF_TEMPLATE = "BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT:"
 
 
 class Scorer(Protocol):
@@ -189,19 +190,6 @@ def resolve_oracle(name: str) -> Oracle:
     return oracle
 
 
-def length_buckets(max_length: int, smallest: int = 16) -> tuple[int, ...]:
-    """Powers of two from ``smallest`` below ``max_length``, then ``max_length``.
-
-    >>> length_buckets(100)
-    (16, 32, 64, 100)
-    """
-    out, n = [], smallest
-    while n < max_length:
-        out.append(n)
-        n *= 2
-    return (*out, max_length)
-
-
 def jit_forward(model: Any) -> Callable[..., Any]:
     """A jitted ``(input_ids, attention_mask) -> output`` for an NNX model (split/merge),
     or the callable itself when it is not an `nnx.Module`."""
@@ -224,8 +212,9 @@ class ModelScorer:
     tokenizer's special tokens (BOS for Llama), then EOS appended when ``append_eos``
     (safe-rlhf's training format); sequences longer than ``max_length`` keep their first
     ``max_length - 1`` tokens and their last one (the EOS). Batches of ``batch_size`` rows
-    are RIGHT-padded to a length bucket (`length_buckets`), so the jitted forward compiles
-    a few times, and on a ``mesh`` placed with the batch over ``("data", "fsdp")``.
+    are RIGHT-padded to a length bucket (`safedpo_jax.data.default_bucket_lengths`), so
+    the jitted forward compiles a few times, and on a ``mesh`` placed with the batch over
+    ``("data", "fsdp")``.
 
     Attributes:
       model: ``model(input_ids int32 [B, T], attention_mask int32 [B, T]) -> float [B]``,
@@ -301,7 +290,7 @@ class ModelScorer:
         seqs = self.tokenize(prompts, responses)
         pad = self.tokenizer.pad_token_id
         pad = self.tokenizer.eos_token_id if pad is None else pad
-        buckets = length_buckets(self.max_length)
+        buckets = default_bucket_lengths(self.max_length)
         scores = []
         for start in range(0, len(seqs), self.batch_size):
             chunk = seqs[start : start + self.batch_size]

@@ -13,7 +13,6 @@ from safedpo_jax.evaluate.scoring import (
     ModelScorer,
     check_scores,
     function_scorer,
-    length_buckets,
     oracle_scorers,
 )
 
@@ -100,5 +99,8 @@ def test_model_scorer_needs_one_score_per_sequence():
 
 
 def test_length_buckets():
-    assert length_buckets(16) == (16,)
-    assert length_buckets(40, smallest=8) == (8, 16, 32, 40)
+    # the score models' buckets are the data pipeline's (one function)
+    from safedpo_jax.data.batches import default_bucket_lengths
+
+    assert default_bucket_lengths(16) == (16,)
+    assert default_bucket_lengths(40, smallest=8) == (8, 16, 32, 40)
