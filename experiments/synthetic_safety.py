@@ -411,7 +411,7 @@ def results_markdown(results: dict[str, dict[str, Any]]) -> str:
         "|---|" + "---:|" * len(COLUMNS),
     ]
     for name, row in results.items():
-        cells = [_fmt(row[k], kind) for k, _, kind in COLUMNS]
+        cells = [_fmt(row.get(k), kind) for k, _, kind in COLUMNS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -437,7 +437,8 @@ def aggregate(per_seed: Mapping[int, Mapping[str, Mapping[str, Any]]]) -> dict[s
     for name in per_seed[seeds[0]]:
         out[name] = {}
         for key, _, _ in COLUMNS:
-            vals = [per_seed[s][name][key] for s in seeds if per_seed[s][name][key] is not None]
+            vals = [per_seed[s][name].get(key) for s in seeds]
+            vals = [v for v in vals if v is not None]
             out[name][key] = mean_se([float(v) for v in vals]) if vals else None
     return out
 
