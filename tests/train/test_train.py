@@ -264,7 +264,13 @@ def test_two_process_distributed_run_equals_one_process(tmp_path):
     a, b = read_metrics(tmp_path / "multi"), read_metrics(tmp_path / "single")
     assert [r["step"] for r in a] == [r["step"] for r in b]
     for ra, rb in zip(a, b, strict=True):
+        # Accuracies count margins > 0: a step function. Where the margins are ties (step 1:
+        # policy == reference, margins 0 in one layout and +-1e-7 in another, within the
+        # tolerance below) they are undefined, so they are compared only off ties.
+        tie = abs(rb.get("rewards/margins", 1.0)) < 1e-5
         for key in rb:
+            if tie and key.endswith("accuracies") or tie and key.endswith("mixed_accuracy"):
+                continue
             np.testing.assert_allclose(ra[key], rb[key], rtol=1e-5, atol=1e-6, err_msg=key)
     assert (tmp_path / "multi" / "hf" / "model.safetensors").exists()
 
