@@ -1,12 +1,15 @@
 """Delta and beta sweeps of SafeDPO in the synthetic safety world: the tuning guide's data.
 
-    scripts/run experiments/sweeps.py --output-dir runs/sweeps [--quick]
+    scripts/run experiments/sweeps.py --output-dir runs/sweeps [--quick] [--seeds N] [--world W]
 
-Trains the SFT reference once (as `synthetic_safety.py` does), then SafeDPO with every
-Delta in ``--deltas`` (beta 0.1) and every beta in ``--betas`` (Delta 10), all with the
-same budget, and evaluates each exactly (unsafe mass, expected helpfulness over the known
-response sets) and by sampling (harmless ratio, helpfulness, over-refusal). Writes
-``sweeps.json``, ``delta_sweep.md`` / ``.png`` and ``beta_sweep.md`` / ``.png``.
+Per seed, trains the SFT reference once (as `synthetic_safety.py` does), then SafeDPO with
+every Delta in ``--deltas`` (beta 0.1) and every beta in ``--betas`` (Delta 10), all with
+the same budget, and evaluates each exactly (unsafe mass, expected helpfulness over the
+known response sets) and by sampling (harmless ratio, helpfulness, over-refusal). Every
+cell is the mean ± standard error over the seeds (0 .. N-1; the seed changes the
+initialisation, the data order and the sampling). Writes ``sweeps.json`` (means, standard
+errors and every seed's figures), ``delta_sweep.md`` / ``.png`` and ``beta_sweep.md`` /
+``.png`` (error bars: one standard error).
 """
 
 from __future__ import annotations
@@ -24,11 +27,14 @@ from matplotlib.figure import Figure
 from synthetic_safety import (  # (a sibling script)
     REFERENCE,
     WorldSetup,
+    aggregate,
     evaluate_policies,
-    results_markdown,
+    summary_markdown,
     train_method,
     train_reference,
 )
+
+from safedpo_jax.worlds import synthetic
 
 
 def sweep(
@@ -44,33 +50,48 @@ def sweep(
     return evaluate_policies(setup, policies, out, anchors=False, report_dir=f"eval_{name}")
 
 
+def _mean(cell: Any) -> float:
+    """A cell's value: a float (one run) or `mean_se`'s mean (over seeds)."""
+    return float(cell["mean"] if isinstance(cell, dict) else cell)
+
+
+def _se(cell: Any) -> float:
+    """A cell's standard error (0 for one run or one seed)."""
+    return float(cell.get("se") or 0.0) if isinstance(cell, dict) else 0.0
+
+
 def sweep_figure(results: dict[str, dict[str, Any]], name: str) -> Figure:
     """Left: safety and over-refusal (% of responses); right: helpfulness (mean oracle
-    reward); both against the swept value, with the SFT reference as a dashed line."""
+    reward); both against the swept value, with the SFT reference as a dashed line.
+    ``results``: run name -> metric -> a float (one run) or `mean_se` (over seeds, drawn
+    with one-standard-error bars)."""
     rows = [(float(k.split("=")[1]), v) for k, v in results.items() if k != REFERENCE]
     xs = [x for x, _ in rows]
     ref = results[REFERENCE]
-    style = dict(lw=2.4, ms=8)
+    style = dict(lw=2.4, ms=8, capsize=4, elinewidth=1.4)
     fig = Figure(figsize=(11, 4.4))
     FigureCanvasAgg(fig)
     left, right = fig.subplots(1, 2)
-    pct = lambda key: [100 * r[key] for _, r in rows]  # noqa: E731
-    left.plot(xs, pct("harmless_ratio"), "o-", color="C0", label="harmless ratio (sampled)",
-              **style)  # fmt: skip
-    left.plot(xs, [100 * (1 - r["unsafe_mass"]) for _, r in rows], "s--", color="C1",
-              label="safe mass, 1 - unsafe mass (exact)", **style)  # fmt: skip
-    left.plot(xs, pct("over_refusal"), "^:", color="C2", label="over-refusal, benign (sampled)",
-              **style)  # fmt: skip
-    left.axhline(100 * ref["harmless_ratio"], color="C0", lw=1.2, ls="--", alpha=0.6,
+
+    def series(ax: Any, key: str, fmt: str, color: str, label: str, scale: float = 1.0,
+               flip: bool = False) -> None:  # fmt: skip
+        ys = [scale * (1 - _mean(r[key]) if flip else _mean(r[key])) for _, r in rows]
+        errs = [scale * _se(r[key]) for _, r in rows]
+        ax.errorbar(xs, ys, yerr=errs if any(errs) else None, fmt=fmt, color=color, label=label,
+                    **style)  # fmt: skip
+
+    series(left, "harmless_ratio", "o-", "C0", "harmless ratio (sampled)", 100)
+    series(left, "unsafe_mass", "s--", "C1", "safe mass, 1 - unsafe mass (exact)", 100,
+           flip=True)  # fmt: skip
+    series(left, "over_refusal", "^:", "C2", "over-refusal, benign (sampled)", 100)
+    left.axhline(100 * _mean(ref["harmless_ratio"]), color="C0", lw=1.2, ls="--", alpha=0.6,
                  label="SFT reference, harmless ratio")  # fmt: skip
     left.set_ylabel("% of responses", fontsize=11)
     left.set_ylim(0, 100)
     left.set_title("safety and over-refusal", fontsize=12)
-    right.plot(xs, [r["helpfulness"] for _, r in rows], "o-", color="C3",
-               label="helpfulness (sampled)", **style)  # fmt: skip
-    right.plot(xs, [r["expected_helpfulness"] for _, r in rows], "s--", color="C4",
-               label="helpfulness (exact)", **style)  # fmt: skip
-    right.axhline(ref["helpfulness"], color="C3", lw=1.2, ls="--", alpha=0.6,
+    series(right, "helpfulness", "o-", "C3", "helpfulness (sampled)")
+    series(right, "expected_helpfulness", "s--", "C4", "helpfulness (exact)")
+    right.axhline(_mean(ref["helpfulness"]), color="C3", lw=1.2, ls="--", alpha=0.6,
                   label="SFT reference (sampled)")  # fmt: skip
     right.set_ylabel("helpfulness (mean oracle reward)", fontsize=11)
     right.set_title("helpfulness", fontsize=12)
@@ -102,28 +123,51 @@ def plot_sweep(results: dict[str, dict[str, Any]], name: str, path: Path) -> Non
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output-dir", required=True, type=Path)
-    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="the quick budget")
     parser.add_argument("--deltas", type=float, nargs="+", default=[0, 2, 5, 10, 20, 50])
     parser.add_argument("--betas", type=float, nargs="+", default=[0.02, 0.05, 0.1, 0.2, 0.5])
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seeds", type=int, default=1, help="number of seeds, 0 .. N-1 (default 1)"
+    )
+    parser.add_argument(
+        "--world", default=synthetic.DEFAULT_WORLD, choices=sorted(synthetic.WORLDS)
+    )
     args = parser.parse_args(argv)
-    setup = dataclasses.replace(WorldSetup.quick() if args.quick else WorldSetup(), seed=args.seed)
+    if args.seeds < 1:
+        parser.error(f"--seeds must be >= 1, got {args.seeds}")
+    base = dataclasses.replace(WorldSetup.quick() if args.quick else WorldSetup(), world=args.world)
     out: Path = args.output_dir
     out.mkdir(parents=True, exist_ok=True)
-    setup_file = out / "setup.json"
-    if setup_file.exists() and json.loads(setup_file.read_text()) != dataclasses.asdict(setup):
-        parser.error(f"{out} holds runs of another setup ({setup_file}); use another directory")
-    setup_file.write_text(json.dumps(dataclasses.asdict(setup), indent=2))
+    # A seed's finished runs are reused (training resumes from its checkpoints), which is
+    # only right for the same setup: refuse a directory that holds another one.
+    setups = {seed: dataclasses.replace(base, seed=seed) for seed in range(args.seeds)}
+    for seed, setup in setups.items():
+        setup_file = out / f"seed{seed}" / "setup.json"
+        if setup_file.exists() and json.loads(setup_file.read_text()) != dataclasses.asdict(setup):
+            parser.error(f"{out} holds runs of another setup ({setup_file}); use another directory")
 
-    reference = train_reference(setup, out)
-    payload: dict[str, Any] = {"setup": dataclasses.asdict(setup)}
-    for name, values in (("delta", args.deltas), ("beta", args.betas)):
-        results = sweep(setup, out, reference, name, values)
-        payload[name] = results
-        table = results_markdown(results)
+    # swept name -> seed -> run name -> metrics
+    per_seed: dict[str, dict[int, dict[str, dict[str, Any]]]] = {"delta": {}, "beta": {}}
+    for seed, setup in setups.items():
+        seed_dir = out / f"seed{seed}"
+        seed_dir.mkdir(exist_ok=True)
+        (seed_dir / "setup.json").write_text(json.dumps(dataclasses.asdict(setup), indent=2))
+        reference = train_reference(setup, seed_dir)
+        for name, values in (("delta", args.deltas), ("beta", args.betas)):
+            per_seed[name][seed] = sweep(setup, seed_dir, reference, name, values)
+
+    payload: dict[str, Any] = {
+        "setup": dataclasses.asdict(base) | {"seed": None},
+        "seeds": list(setups),
+    }
+    for name in ("delta", "beta"):
+        agg = aggregate(per_seed[name])
+        payload[name] = agg
+        payload[f"{name}_per_seed"] = {str(k): v for k, v in per_seed[name].items()}
+        table = summary_markdown(agg, len(setups))
         (out / f"{name}_sweep.md").write_text(table)
-        plot_sweep(results, name, out / f"{name}_sweep.png")
-        print(f"\n## {name} sweep\n\n{table}")
+        plot_sweep(agg, name, out / f"{name}_sweep.png")
+        print(f"\n## {name} sweep (world {args.world})\n\n{table}")
     (out / "sweeps.json").write_text(json.dumps(payload, indent=2))
     return 0
 

@@ -144,3 +144,23 @@ def test_sweep_panels_are_labelled_with_units_and_drawn_thick(
     path = tmp_path / f"{name}.png"
     sweeps_module.plot_sweep(_sweep_results(name, values), name, path)
     assert path.read_bytes().startswith(PNG)
+
+
+def test_sweep_over_seeds_draws_one_standard_error_bars(sweeps_module):
+    """Aggregated cells (`mean_se`) plot their means with bars of +- one standard error; a
+    bar of the wrong width (two SE, the sd) or centred off the mean fails."""
+    values = [0, 2, 10]
+    results = {
+        run: {k: {"mean": v, "se": 0.01, "n": 3} for k, v in row.items()}
+        for run, row in _sweep_results("delta", values).items()
+    }
+    left, right = sweeps_module.sweep_figure(results, "delta").axes
+    harmless_bars = left.containers[0]  # the first series: harmless ratio, in percent
+    line, caps, (bars,) = harmless_bars.lines
+    assert list(line.get_ydata()) == pytest.approx([91.0, 91.5, 92.0])
+    for (lo, hi), mean in zip(
+        [seg[:, 1] for seg in bars.get_segments()], [91.0, 91.5, 92.0], strict=True
+    ):
+        assert (lo, hi) == pytest.approx((mean - 1.0, mean + 1.0))
+    helpful = right.containers[0].lines[0]
+    assert list(helpful.get_ydata()) == pytest.approx([0.40, 0.38, 0.36])
