@@ -27,8 +27,9 @@ claims are checked on the per-seed differences (`CLAIMS`): each holds, does not 
 is within noise (the mean difference within 2 standard errors of zero).
 
 Writes, under the output directory: ``results.json`` and ``results.md`` (the comparison
-and the claims), and per seed ``seed<k>/``: ``eval/`` (tables, ``tradeoff.png``, failure
-cases), ``runs/`` (training outputs and exported models) and ``setup.json``.
+and the claims), ``failures.md`` (each method's failure cases over the seeds,
+`failure_report`), and per seed ``seed<k>/``: ``eval/`` (tables, ``tradeoff.png``,
+failure cases), ``runs/`` (training outputs and exported models) and ``setup.json``.
 """
 
 from __future__ import annotations
@@ -647,6 +648,80 @@ def claims_markdown(claims: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def failure_report(out: Path, seeds: list[int], top: int = 3) -> str:
+    """Each method's failure cases over the seeds, from ``seed<k>/eval/failures.json``
+    (every sampled response the oracle judged unsafe) and ``summary.json`` (over-refusal):
+    how many, on which prompts (harmful or benign), in which form (plain compliance, or a
+    refusal that still gave the unsafe content), and the prompts failed most often. A
+    failure count that disagrees with the evaluation's own count is an error."""
+    counts: dict[str, dict[str, Any]] = {}
+    for seed in seeds:
+        eval_dir = out / f"seed{seed}" / "eval"
+        failures = json.loads((eval_dir / "failures.json").read_text())
+        summary = {
+            r["name"]: r for r in json.loads((eval_dir / "summary.json").read_text())["runs"]
+        }
+        for name, records in failures.items():
+            if len(records) != summary[name]["num_unsafe_responses"]:
+                raise ValueError(
+                    f"{eval_dir}/failures.json: {name} lists {len(records)} unsafe responses, "
+                    f"summary.json counts {summary[name]['num_unsafe_responses']}"
+                )
+            c = counts.setdefault(
+                name,
+                {
+                    "responses": 0,
+                    "unsafe": 0,
+                    "by_prompt": {},
+                    "by_form": {},
+                    "prompts": {},
+                    "cost": 0.0,
+                    "benign": 0,
+                    "refused_benign": 0,
+                },  # fmt: skip
+            )
+            row = summary[name]
+            c["responses"] += row["num_responses"]
+            c["unsafe"] += len(records)
+            per_prompt = row["num_responses"] / (
+                row["num_unsafe_prompts"] + row["num_benign_prompts"]
+            )
+            benign = round(row["num_benign_prompts"] * per_prompt)
+            c["benign"] += benign
+            c["refused_benign"] += round(row["over_refusal"] * benign)
+            for r in records:
+                c["by_prompt"][r["category"]] = c["by_prompt"].get(r["category"], 0) + 1
+                c["by_form"][r["refusal"]] = c["by_form"].get(r["refusal"], 0) + 1
+                c["prompts"][r["prompt"]] = c["prompts"].get(r["prompt"], 0) + 1
+                c["cost"] += r["cost"]
+    forms = {"none": "complied", "partial": "partial refusal", "full": "refusal + unsafe content"}
+    lines = [
+        f"Failure cases over seeds {seeds}: every sampled response the oracle judged unsafe "
+        "(cost > 0), and refusals of benign prompts (over-refusal).\n",
+        "| method | unsafe / sampled | on harmful prompts | on benign prompts | "
+        + " | ".join(forms.values())
+        + " | mean cost of a failure | benign prompts refused |",
+        "|---|---:|---:|---:|" + "---:|" * len(forms) + "---:|---:|",
+    ]
+    for name, c in counts.items():
+        n = c["unsafe"]
+        cells = [
+            f"{n} / {c['responses']} ({100 * n / c['responses']:.1f}%)",
+            str(c["by_prompt"].get("unsafe", 0)),
+            str(c["by_prompt"].get("benign", 0)),
+            *(str(c["by_form"].get(k, 0)) for k in forms),
+            f"{c['cost'] / n:.2f}" if n else "-",
+            f"{c['refused_benign']} / {c['benign']}",
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "Prompts answered unsafely most often (count over all seeds and samples):", ""]
+    for name, c in counts.items():
+        worst = sorted(c["prompts"].items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+        listed = "; ".join(f'"{p}" ({k})' for p, k in worst) or "none"
+        lines.append(f"- {name}: {listed}")
+    return "\n".join(lines) + "\n"
+
+
 def run_seed(setup: WorldSetup, out: Path) -> dict[str, dict[str, Any]]:
     """Train the reference and every method of `METHODS`, evaluate them; one seed."""
     start = time.perf_counter()
@@ -725,6 +800,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     text = header + summary_markdown(agg, len(setups)) + "\n" + claims_markdown(claims)
     (out / "results.md").write_text(text)
+    (out / "failures.md").write_text(failure_report(out, list(setups)))
     summary_figure(agg, len(setups)).savefig(out / "tradeoff.png", format="png")
     payload = {
         "setup": dataclasses.asdict(base) | {"seed": None},

@@ -211,3 +211,48 @@ def test_micro_sweep_writes_tables_and_plots(tmp_path, monkeypatch, ss):
     assert set(payload["beta"]) == {sweeps.REFERENCE, "beta=0.1"}
     for name in ("delta_sweep.md", "delta_sweep.png", "beta_sweep.md", "beta_sweep.png"):
         assert (tmp_path / name).stat().st_size > 0, name
+
+
+def _eval_dir(root: Path, seed: int, failures: dict, summary_rows: list[dict]) -> None:
+    d = root / f"seed{seed}" / "eval"
+    d.mkdir(parents=True)
+    (d / "failures.json").write_text(json.dumps(failures))
+    (d / "summary.json").write_text(json.dumps({"runs": summary_rows}))
+
+
+def _failure(prompt: str, category: str = "unsafe", refusal: str = "none", cost: float = 2.0):
+    return {"prompt": prompt, "category": category, "refusal": refusal, "cost": cost}
+
+
+def _summary_row(name: str, unsafe: int, over_refusal: float) -> dict:
+    return {
+        "name": name, "num_responses": 8, "num_unsafe_responses": unsafe,
+        "num_unsafe_prompts": 2, "num_benign_prompts": 2, "over_refusal": over_refusal,
+    }  # fmt: skip
+
+
+def test_failure_report_counts_every_failure_over_the_seeds(tmp_path, ss):
+    # seed 0: A fails twice (a compliance on a harmful prompt, a leaky refusal on a benign
+    # one), B never; seed 1: A once more on the same harmful prompt. 2 samples per prompt.
+    _eval_dir(
+        tmp_path, 0,
+        {"A": [_failure("p1"), _failure("b1", "benign", "full", 1.0)], "B": []},
+        [_summary_row("A", 2, 0.25), _summary_row("B", 0, 0.75)],
+    )  # fmt: skip
+    _eval_dir(
+        tmp_path, 1, {"A": [_failure("p1", cost=3.0)], "B": []},
+        [_summary_row("A", 1, 0.5), _summary_row("B", 0, 1.0)],
+    )  # fmt: skip
+    text = ss.failure_report(tmp_path, [0, 1])
+    rows = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in text.splitlines()
+            if line.startswith("| A ") or line.startswith("| B ")}  # fmt: skip
+    # unsafe / sampled, harmful, benign, complied, partial, refusal+unsafe, mean cost, refused
+    assert rows["A"] == ["3 / 16 (18.8%)", "2", "1", "2", "0", "1", "2.00", "3 / 8 |"]
+    assert rows["B"] == ["0 / 16 (0.0%)", "0", "0", "0", "0", "0", "-", "7 / 8 |"]
+    assert '- A: "p1" (2); "b1" (1)' in text and "- B: none" in text
+
+
+def test_failure_report_refuses_counts_that_disagree_with_the_evaluation(tmp_path, ss):
+    _eval_dir(tmp_path, 0, {"A": [_failure("p1")]}, [_summary_row("A", 2, 0.0)])
+    with pytest.raises(ValueError, match="A lists 1 unsafe responses, summary.json counts 2"):
+        ss.failure_report(tmp_path, [0])
