@@ -9,7 +9,8 @@ known response sets) and by sampling (harmless ratio, helpfulness, over-refusal)
 cell is the mean ± standard error over the seeds (0 .. N-1; the seed changes the
 initialisation, the data order and the sampling). Writes ``sweeps.json`` (means, standard
 errors and every seed's figures), ``delta_sweep.md`` / ``.png`` and ``beta_sweep.md`` /
-``.png`` (error bars: one standard error).
+``.png`` (error bars: one standard error); the ``.md`` tables are `guide_markdown`'s,
+the README's tuning guide quotes them.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from matplotlib.figure import Figure
 from synthetic_safety import (  # (a sibling script)
     REFERENCE,
     WorldSetup,
+    _fmt,
     aggregate,
     evaluate_policies,
-    summary_markdown,
     train_method,
     train_reference,
 )
@@ -120,6 +121,34 @@ def plot_sweep(results: dict[str, dict[str, Any]], name: str, path: Path) -> Non
     sweep_figure(results, name).savefig(path, dpi=120)
 
 
+# The tuning guide's rows: metric, label, format (synthetic_safety's `_fmt` kinds).
+GUIDE_ROWS = (
+    ("harmless_ratio", "harmless ratio", "pct"),
+    ("unsafe_mass", "unsafe mass (exact)", "f3"),
+    ("helpfulness", "helpfulness (sampled)", "f3"),
+    ("expected_helpfulness", "helpfulness (exact)", "f3"),
+    ("over_refusal", "over-refusal", "pct"),
+)
+
+
+def guide_markdown(results: dict[str, dict[str, Any]], name: str) -> str:
+    """A sweep as the tuning guide prints it: one column per swept value (the SFT reference
+    first), one row per metric, each cell the mean ± standard error over the seeds."""
+    symbol = {"delta": "Delta", "beta": "beta"}.get(name, name)
+    runs = list(results)
+    heads = ["SFT" if run == REFERENCE else run.split("=", 1)[1] for run in runs]
+    lines = [
+        f"| {symbol} | " + " | ".join(heads) + " |",
+        "|---|" + "---:|" * len(runs),
+    ]
+    for key, label, kind in GUIDE_ROWS:
+        cells = [
+            _fmt(_mean(results[run][key]), kind, _se(results[run][key]) or None) for run in runs
+        ]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output-dir", required=True, type=Path)
@@ -164,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         agg = aggregate(per_seed[name])
         payload[name] = agg
         payload[f"{name}_per_seed"] = {str(k): v for k, v in per_seed[name].items()}
-        table = summary_markdown(agg, len(setups))
+        table = f"Mean ± standard error over {len(setups)} seed(s).\n\n" + guide_markdown(agg, name)
         (out / f"{name}_sweep.md").write_text(table)
         plot_sweep(agg, name, out / f"{name}_sweep.png")
         print(f"\n## {name} sweep (world {args.world})\n\n{table}")

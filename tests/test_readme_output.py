@@ -36,3 +36,25 @@ def test_readme_table_is_the_quick_start_commands_table_of_the_recorded_run():
     assert table == printed_table
     assert printed in (ROOT / "experiments/results/synthetic_results.md").read_text()
     assert "e-0" not in printed  # fixed notation for the exact masses, as the prose quotes them
+
+
+def test_readme_tuning_tables_are_the_recorded_sweeps():
+    """The tuning guide's Delta and beta tables are `sweeps.guide_markdown` of the committed
+    sweeps.json, and the committed delta_sweep.md / beta_sweep.md are the same tables."""
+    sys.path.insert(0, str(ROOT / "experiments"))
+    try:
+        path = ROOT / "experiments" / "sweeps.py"
+        spec = importlib.util.spec_from_file_location("sweeps", path)
+        sweeps = importlib.util.module_from_spec(spec)
+        sys.modules["sweeps"] = sweeps
+        spec.loader.exec_module(sweeps)
+    finally:
+        sys.path.remove(str(ROOT / "experiments"))
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Tuning Delta and beta", 1)[1].split("\n## ", 1)[0]
+    recorded = json.loads((ROOT / "experiments/results/sweeps.json").read_text())
+    assert recorded["setup"]["world"] == "pku" and len(recorded["seeds"]) >= 3
+    for name in ("delta", "beta"):
+        table = sweeps.guide_markdown(recorded[name], name)
+        assert table in section, name
+        assert table in (ROOT / f"experiments/results/{name}_sweep.md").read_text(), name
