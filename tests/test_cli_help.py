@@ -9,9 +9,15 @@ import pytest
 
 from safedpo_jax.data import cli as data_cli
 from safedpo_jax.evaluate import cli as eval_cli
+from safedpo_jax.train import ppo
 from safedpo_jax.train.config import build_parser
 
-PARSERS = {"train": build_parser, "evaluate": eval_cli.parser, "data": data_cli.parser}
+PARSERS = {
+    "train": build_parser,
+    "evaluate": eval_cli.parser,
+    "data": data_cli.parser,
+    "ppo": ppo._parser,
+}
 
 
 @pytest.mark.parametrize("command", sorted(PARSERS))
@@ -42,3 +48,16 @@ def test_data_command_booleans_negate():
     assert p.parse_args(["sample", "--keep-both-unsafe"]).keep_both_unsafe is True
     assert p.parse_args(["sample", "--no-keep-both-unsafe"]).keep_both_unsafe is False
     assert p.parse_args(["sample"]).keep_both_unsafe is False
+
+
+def test_ppo_flags_show_their_defaults():
+    text = " ".join(ppo._parser().format_help().split())
+    assert "per-token KL penalty against the reference" in text
+    assert "[default: 0.01]" in text and "[default: cosine]" in text
+
+
+def test_every_ppo_config_field_has_its_help_line():
+    import dataclasses
+
+    for field in dataclasses.fields(ppo.PPOConfig):
+        assert len(field.metadata.get("help", "")) > 5, field.name

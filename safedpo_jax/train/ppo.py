@@ -78,98 +78,114 @@ class NonFiniteError(FloatingPointError):
 # --------------------------------------------------------------------------------------
 
 
+def _field(default: Any, help: str) -> Any:
+    """A `PPOConfig` field with its ``--help`` line: the one source of its docs."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 @dataclasses.dataclass(frozen=True)
 class PPOConfig:
     """Everything a PPO-Lagrangian run needs; defaults are safe-rlhf's ``ppo-lag.sh``.
 
-    Models: ``actor`` a Hugging Face causal-LM directory (also the frozen reference), or
-    None for a random model of ``model_config`` (an HF config dict); ``reward_model`` /
-    ``cost_model`` score-model directories, or None for the synthetic world's oracle
-    (helpfulness as reward, cost as cost; the sample dataset only) unless scorers are
-    passed to `train_ppo`; ``reward_critic`` / ``cost_critic`` the critics' initial
-    weights (default: the reward / cost model; with the oracle, the actor's backbone and
-    a zero head). ``tokenizer`` default: the actor's, else the sample's.
-
-    Data: ``dataset`` rows with a ``prompt`` column (``"sample"``: the embedded synthetic
-    sample), ``split``, ``template`` (``"safe_rlhf"``, ``"chat"`` or a ``{prompt}`` string),
-    ``prompt_batch_size`` prompts per step over all devices, ``epochs``, ``max_steps``
-    (None: all of them), ``seed`` (shuffling, sampling, initialisation).
-
-    Rollouts: ``max_length`` prompt plus response tokens (512), ``max_new_tokens`` (None:
-    ``max_length`` minus the prompt batch's length), ``temperature`` 1, ``top_p`` 1.
-
-    PPO: ``update_iters`` passes over each rollout batch (1), ``kl_coeff`` 0.01,
-    ``clip_range_ratio`` 0.2, ``clip_range_score`` 50, ``clip_range_value`` 5,
-    ``gamma`` 1, ``gae_lambda`` 0.95, ``normalize_advantage`` (divide by 1 + lambda; True),
-    ``cost_kl`` (the KL term in the cost stream; True).
-
-    Multiplier: ``threshold`` d (0), ``lambda_init`` 1, ``lambda_lr`` 0.1 (SGD on log
-    lambda), ``lambda_max`` 5, ``lambda_update_delay_steps`` 0, ``episode_cost_window_size``
-    128.
-
-    Optimisation: actor AdamW ``actor_lr`` 1e-5 with ``actor_lr_scheduler`` ``cosine``
-    (linear warmup over ``actor_warmup_ratio`` 0.03 of the updates) and
-    ``actor_weight_decay`` 0.01; critics AdamW ``critic_lr`` 5e-6, ``constant``, no weight
-    decay; ``max_grad_norm`` 1.0 (DeepSpeed's gradient clipping in safe-rlhf).
-
-    Numerics and layout: ``dtype`` the compute dtype (bf16), ``param_dtype`` (float32),
-    ``mesh_data`` / ``mesh_fsdp`` / ``mesh_tensor`` (`safedpo_jax.sharding.make_mesh`).
-
-    Output: ``output_dir`` (metrics.jsonl, checkpoints/, hf/), ``save_every`` and
-    ``keep_checkpoints``, ``export`` the final actor in Hugging Face format.
+    Each field carries its one-line documentation in its metadata
+    (``dataclasses.fields(PPOConfig)[i].metadata["help"]``), which ``python -m
+    safedpo_jax.train.ppo --help`` prints beside each flag. The actor's optimiser is AdamW
+    with linear warmup; the critics' likewise; ``max_grad_norm`` clips every update.
     """
 
-    output_dir: str = "runs/ppo"
-    actor: str | None = None
-    model_config: dict[str, Any] | None = None
-    tokenizer: str | None = None
-    reward_model: str | None = None
-    cost_model: str | None = None
-    reward_critic: str | None = None
-    cost_critic: str | None = None
-    dataset: str = "sample"
-    split: str = "train"
-    template: str = "safe_rlhf"
-    prompt_batch_size: int = 16
-    epochs: int = 1
-    max_steps: int | None = None
-    seed: int = 42
-    max_length: int = 512
-    max_new_tokens: int | None = None
-    temperature: float = 1.0
-    top_p: float = 1.0
-    update_iters: int = 1
-    kl_coeff: float = 0.01
-    clip_range_ratio: float = 0.2
-    clip_range_score: float = 50.0
-    clip_range_value: float = 5.0
-    gamma: float = 1.0
-    gae_lambda: float = 0.95
-    normalize_advantage: bool = True
-    cost_kl: bool = True
-    threshold: float = 0.0
-    lambda_init: float = 1.0
-    lambda_lr: float = 0.1
-    lambda_max: float | None = 5.0
-    lambda_update_delay_steps: int = 0
-    episode_cost_window_size: int = 128
-    actor_lr: float = 1e-5
-    actor_lr_scheduler: str = "cosine"
-    actor_warmup_ratio: float = 0.03
-    actor_weight_decay: float = 0.01
-    critic_lr: float = 5e-6
-    critic_lr_scheduler: str = "constant"
-    critic_warmup_ratio: float = 0.0
-    critic_weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    dtype: str = "bfloat16"
-    param_dtype: str = "float32"
-    mesh_data: int = 1
-    mesh_fsdp: int = -1
-    mesh_tensor: int = 1
-    save_every: int = 100
-    keep_checkpoints: int = 2
-    export: bool = True
+    output_dir: str = _field(
+        "runs/ppo", "where metrics.jsonl, checkpoints/ and hf/ (the final actor) go"
+    )
+    actor: str | None = _field(
+        None,
+        "the actor's start and the frozen reference: a Hugging Face causal-LM directory; "
+        "none builds a random model of --model-config",
+    )
+    model_config: dict[str, Any] | None = _field(
+        None, "a random actor's Hugging Face config (JSON), when --actor is not given"
+    )
+    tokenizer: str | None = _field(
+        None, "a tokenizer directory (default: the actor's, else the embedded sample's)"
+    )
+    reward_model: str | None = _field(
+        None,
+        "a score-model directory scoring helpfulness (none: the synthetic world's oracle, "
+        "on the sample dataset only)",
+    )
+    cost_model: str | None = _field(
+        None,
+        "a score-model directory scoring harm, > 0 unsafe (none: the synthetic world's oracle)",
+    )
+    reward_critic: str | None = _field(
+        None,
+        "the reward critic's initial weights (default: the reward model; with the oracle, "
+        "the actor's backbone and a zero head)",
+    )
+    cost_critic: str | None = _field(
+        None,
+        "the cost critic's initial weights (default: the cost model; with the oracle, as "
+        "--reward-critic)",
+    )
+    dataset: str = _field(
+        "sample",
+        "prompts: a dataset with a 'prompt' column ('sample': the embedded synthetic sample)",
+    )
+    split: str = _field("train", "the dataset split the prompts come from")
+    template: str = _field(
+        "safe_rlhf", "the prompt template: 'safe_rlhf', 'chat' or a string with {prompt}"
+    )
+    prompt_batch_size: int = _field(16, "prompts per PPO step over all devices")
+    epochs: int = _field(1, "passes over the prompts")
+    max_steps: int | None = _field(
+        None, "stop after this many PPO steps (none: all the epochs' prompts)"
+    )
+    seed: int = _field(42, "seed of shuffling, sampling and initialisation")
+    max_length: int = _field(512, "prompt plus response tokens of a rollout")
+    max_new_tokens: int | None = _field(
+        None, "response tokens per rollout (none: --max-length minus the prompt batch's length)"
+    )
+    temperature: float = _field(1.0, "rollout sampling temperature")
+    top_p: float = _field(1.0, "rollout nucleus-sampling mass (1: off)")
+    update_iters: int = _field(1, "PPO passes over each rollout batch")
+    kl_coeff: float = _field(
+        0.01, "per-token KL penalty against the reference, in the reward (and cost) stream"
+    )
+    clip_range_ratio: float = _field(0.2, "PPO's clip of the policy ratio")
+    clip_range_score: float = _field(50.0, "clip of the reward and cost scores")
+    clip_range_value: float = _field(5.0, "clip of the critics' value updates")
+    gamma: float = _field(1.0, "discount of the returns")
+    gae_lambda: float = _field(0.95, "lambda of generalised advantage estimation")
+    normalize_advantage: bool = _field(True, "divide the Lagrangian advantage by 1 + lambda")
+    cost_kl: bool = _field(True, "put the KL term in the cost stream too (safe-rlhf's choice)")
+    threshold: float = _field(0.0, "the cost limit d of the constraint E[cost] <= d")
+    lambda_init: float = _field(1.0, "the Lagrange multiplier's start (> 0; it lives in log space)")
+    lambda_lr: float = _field(0.1, "SGD learning rate of log lambda")
+    lambda_max: float | None = _field(5.0, "the multiplier's ceiling (none: unbounded)")
+    lambda_update_delay_steps: int = _field(0, "PPO steps before the multiplier starts to move")
+    episode_cost_window_size: int = _field(
+        128, "recent episodes whose mean cost drives the multiplier"
+    )
+    actor_lr: float = _field(1e-5, "the actor's AdamW learning rate")
+    actor_lr_scheduler: str = _field(
+        "cosine", "the actor's schedule: 'cosine' or 'constant', after linear warmup"
+    )
+    actor_warmup_ratio: float = _field(0.03, "share of the actor's updates spent warming up")
+    actor_weight_decay: float = _field(0.01, "the actor's AdamW weight decay")
+    critic_lr: float = _field(5e-6, "the critics' AdamW learning rate")
+    critic_lr_scheduler: str = _field("constant", "the critics' schedule: 'cosine' or 'constant'")
+    critic_warmup_ratio: float = _field(0.0, "share of the critics' updates spent warming up")
+    critic_weight_decay: float = _field(0.0, "the critics' AdamW weight decay")
+    max_grad_norm: float = _field(
+        1.0, "global gradient-norm clip of each update (DeepSpeed's in safe-rlhf)"
+    )
+    dtype: str = _field("bfloat16", "compute dtype")
+    param_dtype: str = _field("float32", "parameter dtype")
+    mesh_data: int = _field(1, "data-parallel axis of the device mesh")
+    mesh_fsdp: int = _field(-1, "FSDP axis of the device mesh (-1: the remaining devices)")
+    mesh_tensor: int = _field(1, "tensor-parallel axis of the device mesh")
+    save_every: int = _field(100, "checkpoint every this many PPO steps (relaunching resumes)")
+    keep_checkpoints: int = _field(2, "checkpoints kept")
+    export: bool = _field(True, "export the final actor in Hugging Face format to OUTPUT_DIR/hf")
 
     def __post_init__(self) -> None:
         checks = [
@@ -875,22 +891,34 @@ def _as_global(scores: Any, mesh: Mesh) -> Array:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m safedpo_jax.train.ppo",
-        description="SafeRLHF PPO-Lagrangian (every PPOConfig field is a flag).",
+        description="SafeRLHF PPO-Lagrangian: every PPOConfig field is a flag; values not "
+        "given come from the preset.",
     )
-    parser.add_argument("--preset", default="ppo-lag", choices=sorted(PRESETS))
+    parser.add_argument(
+        "--preset",
+        default="ppo-lag",
+        choices=sorted(PRESETS),
+        help="'ppo-lag': safe-rlhf's ppo-lag.sh; 'tiny': a random tiny Llama on the embedded "
+        "sample, judged by the oracle, in seconds [default: ppo-lag]",
+    )
+    defaults = {f.name: f.default for f in dataclasses.fields(PPOConfig)}
     for field in dataclasses.fields(PPOConfig):
         flag = "--" + field.name.replace("_", "-")
+        shown = "none" if defaults[field.name] is None else defaults[field.name]
+        helptext = f"{field.metadata['help']} [default: {shown}]"
         if field.name == "model_config":
-            parser.add_argument(flag, type=json.loads, default=None, help="a JSON HF config")
+            parser.add_argument(flag, type=json.loads, default=None, help=helptext)
         elif field.type in ("bool",):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=None, help=helptext
+            )
         else:
             kind: Callable[[str], Any] = str
             if field.type.startswith("float"):
                 kind = float
             elif field.type.startswith("int"):
                 kind = int
-            parser.add_argument(flag, type=kind, default=None)
+            parser.add_argument(flag, type=kind, default=None, help=helptext)
     return parser
 
 
