@@ -49,6 +49,7 @@ from safedpo_jax.models.options import DTYPES
 from safedpo_jax.train import step as steps
 from safedpo_jax.train.checkpoint import Checkpointer, abstract_like
 from safedpo_jax.train.metrics_log import MetricsLog
+from safedpo_jax.train.setup import random_model_config
 
 log = logging.getLogger("safedpo_jax.train.ppo")
 
@@ -331,13 +332,10 @@ def _actor(config: PPOConfig, tokenizer: Any, mesh: Mesh) -> models.CausalLM:
     if config.actor is not None:
         model = models.from_pretrained(config.actor, **_options(config, mesh))
     else:
-        hf = dict(config.model_config or {})
-        hf.setdefault("vocab_size", len(tokenizer))
-        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
-            if getattr(tokenizer, name, None) is not None:
-                hf.setdefault(name, getattr(tokenizer, name))
         model = models.init_model(
-            models.DecoderConfig.from_hf(hf), rngs=nnx.Rngs(config.seed), **_options(config, mesh)
+            random_model_config(config.model_config, tokenizer),
+            rngs=nnx.Rngs(config.seed),
+            **_options(config, mesh),
         )
     if not isinstance(model, models.CausalLM):
         raise ValueError(f"actor {config.actor} is not a causal language model")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -69,9 +69,12 @@ def model_options(config: TrainConfig) -> ModelOptions:
     )
 
 
-def random_model_config(config: TrainConfig, tokenizer: Any) -> models.DecoderConfig:
-    """The `DecoderConfig` of a random model: ``model_config`` plus the tokenizer's ids."""
-    hf = dict(config.model_config or {})
+def random_model_config(
+    model_config: Mapping[str, Any] | None, tokenizer: Any
+) -> models.DecoderConfig:
+    """The `DecoderConfig` of a random model: ``model_config`` (a Hugging Face config dict)
+    with the tokenizer's vocabulary size and special-token ids where it does not set them."""
+    hf = dict(model_config or {})
     hf.setdefault("vocab_size", len(tokenizer))
     for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
         value = getattr(tokenizer, name, None)
@@ -115,12 +118,12 @@ def build_model(
             model = models.from_pretrained(path, **options)
         else:
             model = models.init_model(
-                random_model_config(config, tokenizer), rngs=nnx.Rngs(seed), **options
+                random_model_config(config.model_config, tokenizer), rngs=nnx.Rngs(seed), **options
             )
         if not isinstance(model, models.CausalLM):
             raise ValueError(f"{path} is a score model, not a causal language model")
     elif path is None:
-        lm = random_model_config(config, tokenizer)
+        lm = random_model_config(config.model_config, tokenizer)
         prefix = FAMILY_CLASS_PREFIX[lm.model_type]
         head = {
             "safe_rlhf": {"architectures": [f"{prefix}ForScore"], "score_dim": 1, "bias": True},
