@@ -102,6 +102,12 @@ class TrainConfig:
     attention_impl: str | None = _option(
         None, "model", "none (XLA attention) or cudnn (flash attention on NVIDIA GPUs)"
     )
+    scan_layers: bool = _option(
+        True,
+        "model",
+        "apply the stacked decoder blocks with jax.lax.scan (compile time flat in depth); "
+        "false: a Python loop over them (same numbers)",
+    )
     # LoRA (safedpo_jax.train.lora)
     lora_rank: int = _option(
         0, "lora", "adapter rank; 0 trains every weight (no adapters) unless --lora-adapter"

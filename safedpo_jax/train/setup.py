@@ -66,6 +66,7 @@ def model_options(config: TrainConfig) -> ModelOptions:
         param_dtype=config.param_dtype,
         remat=config.remat,
         attention_impl=config.attention_impl,
+        scan_layers=config.scan_layers,
     )
 
 

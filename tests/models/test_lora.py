@@ -125,12 +125,13 @@ def test_forward_equals_merged_weights_and_split_holds_only_adapters():
     assert not lora.has_adapters(flat) and lora.has_adapters(model)
     np.testing.assert_allclose(run(flat, ids, mask), adapted, rtol=1e-4, atol=1e-4)
     # the merged weight is W + (alpha / r) A B
-    q = model.model.layers[0].self_attn
-    a, b = np.asarray(q.lora["q_proj"].lora_a[...]), np.asarray(q.lora["q_proj"].lora_b[...])
-    w = np.asarray(q.q_proj[...])
+    # (stacked: layer 1 of [L, in, r] and [L, r, out])
+    q = model.model.layers.self_attn
+    a, b = np.asarray(q.lora["q_proj"].lora_a[...][1]), np.asarray(q.lora["q_proj"].lora_b[...][1])
+    w = np.asarray(q.q_proj[...][1])
     expected = w + 2.0 * (a @ b).reshape(w.shape)
     np.testing.assert_allclose(
-        np.asarray(flat.model.layers[0].self_attn.q_proj[...]), expected, rtol=1e-5, atol=1e-6
+        np.asarray(flat.model.layers.self_attn.q_proj[...][1]), expected, rtol=1e-5, atol=1e-6
     )
     split = lora.split(model)
     kinds = {type(v) for _, v in nnx.to_flat_state(split.params)}
@@ -159,13 +160,12 @@ def test_adapters_shard_like_their_weights_and_give_the_same_logits():
             nnx.state(sharded, nnx.LoRAParam),
         ),
     )
-    attn = sharded.model.layers[0].self_attn
-    assert attn.lora["q_proj"].lora_a[...].sharding.spec == jax.sharding.PartitionSpec("fsdp", None)
-    assert attn.lora["q_proj"].lora_b[...].sharding.spec == jax.sharding.PartitionSpec(
-        None, "tensor"
-    )
+    attn = sharded.model.layers.self_attn  # [L, in, r] and [L, r, out]: layers unsharded
+    P = jax.sharding.PartitionSpec
+    assert attn.lora["q_proj"].lora_a[...].sharding.spec == P(None, "fsdp", None)
+    assert attn.lora["q_proj"].lora_b[...].sharding.spec == P(None, None, "tensor")
     o_spec = attn.lora["o_proj"].lora_a[...].sharding.spec
-    assert o_spec == jax.sharding.PartitionSpec("tensor", None)
+    assert o_spec == P(None, "tensor", None)
     with jax.set_mesh(mesh):
         got = run(sharded, ids, mask)
     np.testing.assert_allclose(got, run(plain, ids, mask), rtol=1e-5, atol=1e-5)

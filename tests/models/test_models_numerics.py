@@ -51,7 +51,7 @@ def _grads(model, ids, mask):
 
 def test_bf16_compute_over_fp32_params_is_close_to_fp32(model):
     fp32, bf16 = model, _variant(model, dtype=jnp.bfloat16)
-    assert bf16.model.layers[0].mlp.up_proj[...].dtype == jnp.float32
+    assert bf16.model.layers.mlp.up_proj[...].dtype == jnp.float32
     want, got = _forward(fp32, IDS, MASK), _forward(bf16, IDS, MASK)
     assert got.dtype == jnp.float32  # bf16 compute, float32 logits from the head
     real = np.asarray(MASK, bool)
