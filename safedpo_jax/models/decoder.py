@@ -132,6 +132,23 @@ def _attention_masks(
     }
 
 
+def segment_positions(segment_ids_bt: Array) -> Array:
+    """Rotary positions of packed rows: ``0, 1, ...`` restarting where the segment id changes.
+
+    Segments are contiguous runs of one id (0 = padding, whose positions do not matter).
+
+    >>> segment_positions(jnp.array([[1, 1, 1, 2, 2, 3, 0, 0]])).tolist()
+    [[0, 1, 2, 0, 1, 0, 0, 1]]
+    """
+    b, t = segment_ids_bt.shape
+    index_t = jnp.arange(t)
+    starts_bt = jnp.concatenate(
+        [jnp.ones((b, 1), bool), segment_ids_bt[:, 1:] != segment_ids_bt[:, :-1]], axis=1
+    )
+    start_bt = jax.lax.cummax(jnp.where(starts_bt, index_t, 0), axis=1)
+    return (index_t - start_bt).astype(jnp.int32)
+
+
 def _remat_policy(remat: bool | str) -> Callable[..., bool] | None:
     """``True``: save nothing; a string: a `jax.checkpoint_policies` member by name."""
     if isinstance(remat, str):
@@ -408,12 +425,23 @@ class Decoder(nnx.Module):
         self.scan_layers = scan_layers
 
     def __call__(
-        self, input_ids_bt: Array, mask_bt: Array | None, cache: KVCache | None
+        self,
+        input_ids_bt: Array,
+        mask_bt: Array | None,
+        cache: KVCache | None,
+        segment_ids_bt: Array | None = None,
     ) -> tuple[Array, KVCache | None]:
         b, t = input_ids_bt.shape
+        if segment_ids_bt is not None:
+            if cache is not None:
+                raise ValueError("segment_ids (packed rows) cannot be used with a KV cache")
+            mask_bt = segment_ids_bt > 0
         mask_bt = jnp.ones((b, t), bool) if mask_bt is None else mask_bt.astype(bool)
         counts_bt = jnp.cumsum(mask_bt.astype(jnp.int32), axis=1)
-        if cache is None:
+        if segment_ids_bt is not None:
+            positions_bt = segment_positions(segment_ids_bt)
+            valid_bs, q_slot_t, k_slot_s = mask_bt, jnp.arange(t), jnp.arange(t)
+        elif cache is None:
             positions_bt = jnp.maximum(counts_bt - 1, 0)
             valid_bs, q_slot_t, k_slot_s = mask_bt, jnp.arange(t), jnp.arange(t)
         else:
@@ -422,6 +450,9 @@ class Decoder(nnx.Module):
             valid_bs = jax.lax.dynamic_update_slice(cache.mask, mask_bt, (0, cache.index))
             q_slot_t, k_slot_s = cache.index + jnp.arange(t), jnp.arange(cache.max_length)
         masks = _attention_masks(valid_bs, q_slot_t, k_slot_s, self.windows)
+        if segment_ids_bt is not None:  # attention stays inside each packed segment
+            same_b1ts = (segment_ids_bt[:, :, None] == segment_ids_bt[:, None, :])[:, None]
+            masks = {key: m & same_b1ts for key, m in masks.items()}
         # [W, B, 1, T, S]: the masks of the distinct windows, selected per layer by index.
         masks_wb1ts = jnp.stack([masks[_window_key(w)] for w in self.windows])
         x_btd = jnp.take(self.embed_tokens[...], input_ids_bt, axis=0).astype(self.dtype)
@@ -552,6 +583,12 @@ class CausalLM(_Base):
     gives the ``[B, T, D]`` hidden states after the final norm instead (so that a loss can
     chunk the vocabulary projection with `lm_head_weight`). With ``cache=`` it appends the
     tokens to the cache and returns ``(logits_or_hidden, cache)``.
+
+    Packed rows (padding-free training): ``segment_ids`` int ``[B, T]`` numbers the
+    sequences packed into each row (contiguous runs, 1, 2, ...; 0 = padding) and replaces
+    the mask: attention stays inside each segment and rotary positions restart at 0 at
+    each segment's start (`segment_positions`), so every segment's logits equal those of
+    the sequence run alone. Not with a cache.
     """
 
     def __init__(self, config: DecoderConfig, *, rngs: nnx.Rngs, **options: Any):
@@ -582,9 +619,10 @@ class CausalLM(_Base):
         *,
         cache: KVCache | None = None,
         return_hidden: bool = False,
+        segment_ids: Array | None = None,
     ) -> Array | tuple[Array, KVCache]:
         with _precision(self.precision):
-            hidden_btd, new_cache = self.model(input_ids, attention_mask, cache)
+            hidden_btd, new_cache = self.model(input_ids, attention_mask, cache, segment_ids)
             # btd,dv->btv unless the hidden states are asked for
             # float32 logits whatever the compute dtype: bf16 logits lose up to ~0.5 nats
             # per sequence before the log-softmax (the chunked loss path keeps float32 too)

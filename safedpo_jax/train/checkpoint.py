@@ -52,9 +52,9 @@ def _unstacked_layers(tree: Any, path: tuple[str, ...] = ()) -> str | None:
         return None
     for key, child in tree.items():
         here = (*path, str(key))
-        if str(key) == "layers" and isinstance(child, dict) and child:
-            if all(str(k).isdigit() for k in child):
-                return "/".join(here)
+        layered = str(key) == "layers" and isinstance(child, dict) and child
+        if layered and all(str(k).isdigit() for k in child):
+            return "/".join(here)
         found = _unstacked_layers(child, here)
         if found is not None:
             return found

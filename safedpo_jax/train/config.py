@@ -156,6 +156,13 @@ class TrainConfig:
     max_length: int = _option(
         512, "data", "prompt + response tokens; longer pairs keep the start (and are counted)"
     )
+    pack_length: int = _option(
+        0,
+        "data",
+        "padding-free packing (preference objective): the row length in tokens that "
+        "sequences are packed into, with attention confined to each sequence; 0: padded "
+        "[B, 2, T] batches. Must be >= max_length (every sequence fits, none is dropped)",
+    )
     template: Template = _option(
         "safe_rlhf",
         "data",
@@ -319,6 +326,15 @@ class TrainConfig:
                 f"micro_batches ({self.micro_batches}) must divide batch_size ({self.batch_size})",
             ),
             (self.max_length > 1, f"max_length must be > 1, got {self.max_length}"),
+            (
+                self.pack_length == 0 or self.pack_length >= self.max_length,
+                f"pack_length ({self.pack_length}) must be 0 (off) or >= max_length "
+                f"({self.max_length}), so that every sequence fits a row",
+            ),
+            (
+                self.pack_length == 0 or self.objective == "preference",
+                f"pack_length (packing) applies to --objective preference, not {self.objective}",
+            ),
             (self.save_every > 0, f"save_every must be positive, got {self.save_every}"),
             (self.log_every > 0, f"log_every must be positive, got {self.log_every}"),
             (self.keep_checkpoints > 0, "keep_checkpoints must be positive"),
