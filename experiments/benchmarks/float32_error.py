@@ -12,7 +12,8 @@ computation in float64:
   the micro Llama of tests/train/trainhelpers.py, 4 pairs) with 1 and with 4
   microbatches, scanned and unrolled.
 
-    PYTHONPATH=. python experiments/benchmarks/float32_error.py
+    PYTHONPATH=. python experiments/benchmarks/float32_error.py  # about a minute
+    (``--smoke`` runs the same: it is already small)
 
 The last line is one JSON object.
 """
@@ -139,6 +140,9 @@ def accumulation_errors() -> dict[str, float]:
 
 
 def main() -> None:
+    unknown = [a for a in sys.argv[1:] if a != "--smoke"]
+    if unknown:
+        raise SystemExit(f"float32_error.py: unknown arguments {unknown}")
     result = {"remat": remat_errors(), "accumulation": accumulation_errors()}
     for part, values in result.items():
         for name, value in values.items():

@@ -265,3 +265,47 @@ def test_base_fingerprint_tells_bases_apart():
     b = init_model(CONFIG, rngs=nnx.Rngs(5))
     with pytest.raises(ValueError, match="base model differs"):
         lora.check_base_fingerprint(fp, lora.base_fingerprint(b))
+
+
+def test_a_regex_over_some_layers_gates_the_others_off_in_every_path(tmp_path):
+    # Stacked adapters hold a slice for every layer; a regex selecting layer 1 only must
+    # leave layer 0 unadapted in the forward, the merge, the gradient and the PEFT file.
+    model = init_model(CONFIG, rngs=nnx.Rngs(0))
+    ids, mask = ids_mask()
+    base = run(model, ids, mask)
+    cfg = lora.LoRAConfig(rank=2, alpha=2.0, targets=r"model\.layers\.1\.self_attn\.q_proj")
+    lora.add_lora(model, cfg, rngs=nnx.Rngs(1))
+    adapter = model.model.layers.self_attn.lora["q_proj"]
+    assert adapter.active == (False, True) and adapter.lora_a.shape == (2, 16, 2)
+    randomize_adapters(model, std=1.0)  # layer 0's slice too: it must not count
+    adapted = run(model, ids, mask)
+    assert np.abs(adapted - base).max() > 1e-3  # one projection of one layer: a small change
+    # the same adapter with layer 0's slice zeroed gives the same logits
+    zeroed = nnx.clone(model)
+    z = zeroed.model.layers.self_attn.lora["q_proj"]
+    z.lora_b[...] = z.lora_b[...].at[0].set(0.0)
+    np.testing.assert_array_equal(run(zeroed, ids, mask), adapted)
+    flat = lora.merged(model)
+    np.testing.assert_allclose(run(flat, ids, mask), adapted, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(  # layer 0's weight is untouched by the merge
+        np.asarray(flat.model.layers.self_attn.q_proj[...][0]),
+        np.asarray(model.model.layers.self_attn.q_proj[...][0]),
+    )
+    split = lora.split(model)
+
+    def loss(params):
+        return jnp.sum(split.with_params(params).merge()(ids, mask) ** 2)
+
+    grads = jax.grad(loss)(split.params)
+    g = grads["model"]["layers"]["self_attn"]["lora"]["q_proj"]
+    assert not np.any(np.asarray(g["lora_a"][...][0])) and np.any(np.asarray(g["lora_a"][...][1]))
+    lora.save_peft_adapter(model, tmp_path / "a", config=cfg)
+    from safetensors.numpy import load_file
+
+    keys = sorted(load_file(tmp_path / "a" / "adapter_model.safetensors"))
+    assert keys == [
+        "base_model.model.model.layers.1.self_attn.q_proj.lora_A.weight",
+        "base_model.model.model.layers.1.self_attn.q_proj.lora_B.weight",
+    ]
+    back, _ = lora.load_peft_adapter(init_model(CONFIG, rngs=nnx.Rngs(0)), tmp_path / "a")
+    np.testing.assert_array_equal(run(back, ids, mask), adapted)
