@@ -588,7 +588,12 @@ class CausalLM(_Base):
     sequences packed into each row (contiguous runs, 1, 2, ...; 0 = padding) and replaces
     the mask: attention stays inside each segment and rotary positions restart at 0 at
     each segment's start (`segment_positions`), so every segment's logits equal those of
-    the sequence run alone. Not with a cache.
+    the sequence run alone. Not with a cache. The segments enter attention as part of the
+    boolean ``[B, 1, T, S]`` mask, the same argument every path already takes: XLA's
+    attention (CPU, GPU and TPU; this decoder has no TPU splash-attention path) applies it
+    directly, and ``attention_impl="cudnn"`` receives it as JAX turns any boolean mask for
+    cuDNN into an additive bias (not cuDNN's segment fast path). The cuDNN case with
+    segments has not run on a GPU here; the mask path it uses matched XLA on an H100.
     """
 
     def __init__(self, config: DecoderConfig, *, rngs: nnx.Rngs, **options: Any):

@@ -7,12 +7,12 @@ An adapter on a projection ``W`` (stored ``[in..., out...]``) adds ``scale * (x 
 ``q/k/v/o_proj`` and MLP ``gate/up/down_proj`` by default; a name list or a regex over
 PEFT's module names (``model.layers.3.self_attn.q_proj``) chooses others.
 
-Built on Flax NNX's LoRA variable type (`flax.nnx.LoRAParam`, its 2-D ``x @ A @ B`` path),
-extended with the scale, the reshape between the decoder's multi-axis weights and 2-D
-adapters, a leading layer axis and logical-axis names so the adapters shard by the same
-rules as the weights they adapt. qwix (Tunix's LoRA and quantisation library) is not
-installed here and would intercept the decoder's matmuls by tracing; one module is enough
-for a decoder whose projections already go through one function
+Built on Flax NNX's LoRA parameter type (`flax.nnx.LoRAParam`) and `flax.nnx.LoRA`'s
+2-D ``x @ A @ B`` form, with the scale, the reshape between the decoder's multi-axis
+weights and 2-D adapters, a leading layer axis and logical-axis names so the adapters
+shard by the same rules as the weights they adapt. qwix (Tunix's LoRA and quantisation
+library) is not installed here and would intercept the decoder's matmuls by tracing; one
+module is enough for a decoder whose projections already go through one function
 (`safedpo_jax.models.decoder._linear`, the only hook).
 
 Stacked layers. The decoder keeps its ``L`` blocks as one stack (every weight has a
