@@ -122,3 +122,115 @@ def token_logps(model: Model, input_ids: Array, attention_mask: Array, loss_mask
     picked = jnp.take_along_axis(logits, safe_targets[..., None], axis=-1)[..., 0]
     logps = picked - jax.nn.logsumexp(logits, axis=-1)
     return jnp.where(target_mask, logps, 0.0).reshape(shape)
+
+
+def _chunked_token_logps(
+    hidden_rtd: Array, w_dv: Array, targets_rt: Array, mask_rt: Array, chunk_size: int
+) -> Array:
+    """Per-token float32 log-probs ``[R, T]`` of ``hidden @ w``, one rematerialised
+    ``[R, chunk, V]`` block at a time (masked positions 0)."""
+    r, t, d = hidden_rtd.shape
+    n = max(1, math.ceil(t / chunk_size))
+    pad = n * chunk_size - t
+    hidden_rtd = jnp.pad(hidden_rtd, ((0, 0), (0, pad), (0, 0)))
+    targets_rt = jnp.pad(jnp.where(mask_rt, targets_rt, 0), ((0, 0), (0, pad)))
+    mask_rt = jnp.pad(mask_rt, ((0, 0), (0, pad)))
+    chunks = (
+        jnp.moveaxis(hidden_rtd.reshape(r, n, chunk_size, d), 1, 0),
+        jnp.moveaxis(targets_rt.reshape(r, n, chunk_size), 1, 0),
+        jnp.moveaxis(mask_rt.reshape(r, n, chunk_size), 1, 0),
+    )
+
+    @jax.checkpoint
+    def block(h_rcd: Array, ids_rc: Array, m_rc: Array) -> Array:
+        logits_rcv = jnp.matmul(
+            h_rcd.reshape(-1, d), w_dv.astype(h_rcd.dtype), preferred_element_type=jnp.float32
+        ).reshape(r, chunk_size, -1)
+        picked = jnp.take_along_axis(logits_rcv, ids_rc[..., None], axis=-1)[..., 0]
+        return jnp.where(m_rc, picked - jax.nn.logsumexp(logits_rcv, axis=-1), 0.0)
+
+    _, out_nrc = jax.lax.scan(lambda c, x: (c, block(*x)), None, chunks)
+    return jnp.moveaxis(out_nrc, 0, 1).reshape(r, n * chunk_size)[:, :t]
+
+
+def segment_logps(
+    model: Model,
+    input_ids: Array,
+    segment_ids: Array,
+    loss_mask: Array,
+    *,
+    num_segments: int,
+    chunk_size: int | None = None,
+) -> Array:
+    """Summed log-probs per packed segment: float32 ``[R, num_segments]`` for ``[R, T]`` rows.
+
+    Packed rows hold several sequences one after another; ``segment_ids`` numbers them
+    ``1 .. num_segments`` (contiguous runs; 0 = padding; no id above ``num_segments``)
+    and the model runs them with attention confined to each segment and positions restarting
+    (`safedpo_jax.models.CausalLM`'s ``segment_ids``). Column ``s - 1`` of the result is
+    ``sum_t loss_mask[t] * log p(ids[t] | segment s before t)`` over the tokens of
+    segment ``s``: equal to `sequence_logps` of that sequence run alone in its own row. A
+    target never crosses a segment boundary (a segment's first token is never scored, as
+    an unpacked sequence's first token is not). ``chunk_size`` as in `sequence_logps`.
+    """
+    if input_ids.ndim != 2 or segment_ids.shape != input_ids.shape:
+        raise ValueError(
+            f"segment_logps: input_ids {input_ids.shape} and segment_ids {segment_ids.shape} "
+            "must both be [R, T]"
+        )
+    _, targets, target_mask = _shifted(input_ids, loss_mask)
+    next_segment = jnp.pad(segment_ids[:, 1:], ((0, 0), (0, 1)))
+    target_mask = target_mask & (next_segment == segment_ids) & (segment_ids > 0)
+    module = model.merge()
+    r, t = input_ids.shape
+    if chunk_size is None:
+        chunk_size = auto_chunk_size(_rows_per_device(r), t, module.config.vocab_size)
+    if chunk_size:
+        hidden = module(input_ids, segment_ids=segment_ids, return_hidden=True)
+        tok_rt = _chunked_token_logps(
+            hidden, module.lm_head_weight(), targets, target_mask, chunk_size
+        )
+    else:
+        logits = module(input_ids, segment_ids=segment_ids).astype(jnp.float32)
+        safe = jnp.where(target_mask, targets, 0)
+        picked = jnp.take_along_axis(logits, safe[..., None], axis=-1)[..., 0]
+        tok_rt = jnp.where(target_mask, picked - jax.nn.logsumexp(logits, axis=-1), 0.0)
+    # per-segment sums by one segment_sum over (row, segment) buckets: no [R, T, S] one-hot
+    bucket_rt = jnp.arange(r)[:, None] * (num_segments + 1) + jnp.clip(segment_ids, 0, num_segments)
+    sums = jax.ops.segment_sum(
+        tok_rt.reshape(-1), bucket_rt.reshape(-1), num_segments=r * (num_segments + 1)
+    )
+    return sums.reshape(r, num_segments + 1)[:, 1:]
+
+
+def packed_pair_logps(
+    model: Model,
+    input_ids: Array,
+    segment_ids: Array,
+    loss_mask: Array,
+    pair_rows: Array,
+    pair_segments: Array,
+    *,
+    chunk_size: int | None = None,
+) -> Array:
+    """Summed log-probs ``[G * P, 2]`` of the pairs of packed groups (float32).
+
+    ``input_ids``, ``segment_ids``, ``loss_mask``: ``[G, R, L]`` (each group's rows, as
+    `safedpo_jax.data.batches.pack_pair_groups` builds them); ``pair_rows``,
+    ``pair_segments``: ``[G, P, 2]``, each slot's row within its group and its segment id.
+    Equal to `sequence_logps` of the same pairs right-padded ``[G * P, 2, T]``, up to
+    float32 rounding; a padding pair (segment 0) gets 0.
+    """
+    g, r, length = input_ids.shape
+    flat = lambda x: x.reshape(g * r, length)  # noqa: E731
+    per_segment = segment_logps(
+        model,
+        flat(input_ids),
+        flat(segment_ids),
+        flat(loss_mask),
+        num_segments=length,
+        chunk_size=chunk_size,
+    )  # [G * R, L]: a row holds at most L segments
+    row_gp2 = jnp.arange(g)[:, None, None] * r + pair_rows
+    picked = per_segment[row_gp2, jnp.maximum(pair_segments - 1, 0)]
+    return jnp.where(pair_segments > 0, picked, 0.0).reshape(-1, 2)

@@ -47,6 +47,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("head_dim", None),  # per-head features
     ("norm", None),  # RMSNorm scales
     ("score", None),  # the output dimension of a score head (1 or a few labels)
+    ("layers", None),  # the stacked-layer axis of the decoder's blocks (scanned over)
 )
 
 

@@ -99,3 +99,28 @@ def test_memory_phases_smoke():
     ours = result["results"]["1000"]["ours"]
     assert set(ours["phases"]) == {"imports", "load", "setup", "compile", "step1", "steps"}
     assert ours["phases"]["compile"]["xla_mib"]["temp"] >= 0
+
+
+@pytest.mark.slow
+def test_compile_depth_smoke():
+    result = run_smoke("compile_depth.py")
+    row = result["compile"]["tiny:1"]
+    assert row["scan"]["total_cpu_s"] > 0 and row["unrolled"]["hlo_chars"] > 0
+    assert result["step"]["unrolled_over_scanned"] > 0
+
+
+@pytest.mark.slow
+def test_packing_smoke():
+    result = run_smoke("packing.py")
+    assert result["max_loss_abs_diff"] < 1e-4
+    assert abs(result["grad_norm_packed"] / result["grad_norm_padded"] - 1) < 1e-5
+    assert result["packed_fill"] > result["padded_fill"]
+    assert result["tokens_metric"]["packed"] == result["tokens_metric"]["padded"]
+
+
+@pytest.mark.slow
+def test_float32_error_smoke():
+    result = run_smoke("float32_error.py")
+    remat = result["remat"]
+    # the tolerance of tests/models/test_models_numerics.py's remat tests rests on this
+    assert remat["scan/remat=True vs scan/remat=False"] < remat["scan/remat=False vs float64"]

@@ -213,7 +213,8 @@ class RandomBatchStep:
 
     ``spec`` is ``"<pairs>x<tokens>"`` with optional suffixes ``:remat`` (rematerialised
     blocks), ``:chunk<N>`` (``logprob_chunk_size = N``; default automatic) and
-    ``:cached`` (reference log-probs in the batch instead of the reference in the step).
+    ``:cached`` (reference log-probs in the batch instead of the reference in the step) and
+    ``:unrolled`` (the decoder's layers as a Python loop instead of `jax.lax.scan`).
     """
 
     def __init__(self, spec: str, size: str, vocab: int):
@@ -232,6 +233,7 @@ class RandomBatchStep:
         self.spec, self.b, self.t = spec, b, t
         remat = "remat" in options
         cached = "cached" in options
+        scan_layers = "unrolled" not in options
         chunk = next((int(o[5:]) for o in options if o.startswith("chunk")), None)
         self.hf = llama_config(size, vocab_size=vocab)
         mesh = sharding.make_mesh(1, 1, 1)
@@ -248,7 +250,12 @@ class RandomBatchStep:
         )
         dc = models.DecoderConfig.from_hf(self.hf)
         build = lambda seed: models.init_model(  # noqa: E731
-            dc, rngs=nnx.Rngs(seed), mesh=mesh, remat=remat, dtype=jnp.float32
+            dc,
+            rngs=nnx.Rngs(seed),
+            mesh=mesh,
+            remat=remat,
+            dtype=jnp.float32,
+            scan_layers=scan_layers,
         )
         self.setup = setup_step(config, build(0), mesh, reference=build(1), total_steps=100)
         self.fn = self.setup.compile(reference_in_step=not cached)

@@ -35,11 +35,14 @@ import numpy as np
 
 __all__ = [
     "BatchIterator",
+    "PackedPairBatch",
     "PairBatch",
     "PromptBatch",
     "SFTBatch",
     "bucket_length",
     "default_bucket_lengths",
+    "pack_pair_groups",
+    "pack_pairs",
 ]
 
 STATE_VERSION = 1
@@ -308,3 +311,180 @@ class BatchIterator:
                     f"this iterator has {mine[key]!r}"
                 )
         self._epoch, self._step = int(state["epoch"]), int(state["step"])
+
+
+# --------------------------------------------------------------------------- packing
+@dataclass(frozen=True)
+class PackedPairBatch:
+    """The sequences of a `PairBatch` packed padding-free into ``R`` rows of ``L`` tokens.
+
+    input_ids: int32 [R, L], sequences one after another, 0 after the last.
+    segment_ids: int32 [R, L], 1, 2, ... numbering the sequences of each row in order;
+        0 on the row's padding.
+    loss_mask: bool [R, L], each sequence's `PairBatch` loss mask, moved with it.
+    pair_rows, pair_segments: int32 [B, 2], the row and the segment id of each pair's
+        slot (chosen, rejected); the row is 0 and the segment 0 for padding pairs.
+    unsafe, pair_index, valid: as in `PairBatch` ([B, 2], [B], [B]).
+    """
+
+    input_ids: np.ndarray
+    segment_ids: np.ndarray
+    loss_mask: np.ndarray
+    pair_rows: np.ndarray
+    pair_segments: np.ndarray
+    unsafe: np.ndarray
+    pair_index: np.ndarray
+    valid: np.ndarray
+
+    @property
+    def max_segments(self) -> int:
+        """The largest number of segments in a row (the per-row segment count to reserve)."""
+        return int(self.segment_ids.max(initial=0))
+
+
+def pack_pairs(batch: PairBatch, row_length: int, *, rows: int | None = None) -> PackedPairBatch:
+    """Packs the real sequences of ``batch`` (both slots of every valid pair) into rows.
+
+    First-fit decreasing by length: each sequence (its real tokens, ``attention_mask``
+    1; right-padded as `PairBatch` guarantees) goes into the first row with room, longest
+    first; ties keep batch order. ``rows`` fixes the row count (an error when the
+    sequences do not fit, naming how many rows they need); None uses as many as needed.
+    Every sequence must fit in ``row_length``.
+
+    >>> ids = np.array([[[5, 6, 7, 0], [5, 8, 0, 0]]], np.int32)
+    >>> mask = (ids > 0).astype(np.int32)
+    >>> b = PairBatch(ids, mask, mask.astype(bool), np.zeros((1, 2), bool),
+    ...               np.array([0], np.int32), np.array([True]))
+    >>> p = pack_pairs(b, 6)
+    >>> p.input_ids.tolist(), p.segment_ids.tolist()
+    ([[5, 6, 7, 5, 8, 0]], [[1, 1, 1, 2, 2, 0]])
+    >>> p.pair_rows.tolist(), p.pair_segments.tolist()
+    ([[0, 0]], [[1, 2]])
+    """
+    if row_length < 1:
+        raise ValueError(f"pack_pairs: row_length must be positive, got {row_length}")
+    lengths = np.asarray(batch.attention_mask).sum(axis=-1)  # [B, 2]
+    items = [
+        (int(lengths[i, s]), i, s)
+        for i in range(lengths.shape[0])
+        if batch.valid[i]
+        for s in range(2)
+    ]
+    too_long = [(i, s, n) for n, i, s in items if n > row_length]
+    if too_long:
+        i, s, n = too_long[0]
+        raise ValueError(
+            f"pack_pairs: pair {i} slot {s} has {n} tokens, more than row_length {row_length}"
+        )
+    order = sorted(range(len(items)), key=lambda k: (-items[k][0], k))
+    free: list[int] = []  # room left per row
+    placed: dict[tuple[int, int], tuple[int, int]] = {}  # (pair, slot) -> (row, offset)
+    for k in order:
+        n, i, s = items[k]
+        row = next((r for r, room in enumerate(free) if room >= n), None)
+        if row is None:
+            free.append(row_length)
+            row = len(free) - 1
+        placed[(i, s)] = (row, row_length - free[row])
+        free[row] -= n
+    n_rows = len(free) if rows is None else rows
+    if n_rows < len(free):
+        raise ValueError(f"pack_pairs: the sequences need {len(free)} rows, only {rows} given")
+    b = lengths.shape[0]
+    ids = np.zeros((n_rows, row_length), np.int32)
+    seg = np.zeros((n_rows, row_length), np.int32)
+    loss = np.zeros((n_rows, row_length), bool)
+    pair_rows = np.zeros((b, 2), np.int32)
+    pair_segments = np.zeros((b, 2), np.int32)
+    # segment ids follow the order of offsets inside each row
+    for (i, s), (row, offset) in sorted(placed.items(), key=lambda kv: kv[1]):
+        n = int(lengths[i, s])
+        sid = int(seg[row, offset - 1]) + 1 if offset else 1
+        ids[row, offset : offset + n] = batch.input_ids[i, s, :n]
+        seg[row, offset : offset + n] = sid
+        loss[row, offset : offset + n] = batch.loss_mask[i, s, :n]
+        pair_rows[i, s], pair_segments[i, s] = row, sid
+    return PackedPairBatch(
+        input_ids=ids,
+        segment_ids=seg,
+        loss_mask=loss,
+        pair_rows=pair_rows,
+        pair_segments=pair_segments,
+        unsafe=np.asarray(batch.unsafe),
+        pair_index=np.asarray(batch.pair_index),
+        valid=np.asarray(batch.valid),
+    )
+
+
+@dataclass(frozen=True)
+class PackedPairGroups:
+    """A `PairBatch` packed group by group: ``G`` groups of ``P`` consecutive pairs, each
+    packed into ``R`` rows of ``L`` tokens (`pack_pairs`; ``R`` is common to all groups).
+
+    input_ids, segment_ids, loss_mask: [G, R, L]; attention_mask: int32 [G, R, L]
+    (``segment_ids > 0``). pair_rows, pair_segments: int32 [G, P, 2], row within the
+    group and segment id of each slot. unsafe [G, P, 2], valid [G, P], pair_index [G, P].
+    """
+
+    input_ids: np.ndarray
+    segment_ids: np.ndarray
+    loss_mask: np.ndarray
+    attention_mask: np.ndarray
+    pair_rows: np.ndarray
+    pair_segments: np.ndarray
+    unsafe: np.ndarray
+    pair_index: np.ndarray
+    valid: np.ndarray
+
+
+def rows_needed(batch: PairBatch, row_length: int, groups: int) -> int:
+    """The most rows any of ``groups`` equal groups of ``batch``'s pairs packs into."""
+    packed = [pack_pairs(_group(batch, g, groups), row_length) for g in range(groups)]
+    return max(p.input_ids.shape[0] for p in packed)
+
+
+def _group(batch: PairBatch, g: int, groups: int) -> PairBatch:
+    b = batch.input_ids.shape[0]
+    if b % groups:
+        raise ValueError(f"pack_pair_groups: {b} pairs do not split into {groups} groups")
+    size = b // groups
+    part = slice(g * size, (g + 1) * size)
+    return PairBatch(*(np.asarray(getattr(batch, f))[part] for f in PairBatch.__dataclass_fields__))
+
+
+def round_rows(rows: int) -> int:
+    """Rows rounded up to ``2^k`` or ``3 * 2^k`` (few distinct shapes, so few compilations,
+    and at most a third of the rows empty).
+
+    >>> [round_rows(n) for n in (1, 3, 4, 5, 7, 9, 13)]
+    [1, 3, 4, 6, 8, 12, 16]
+    """
+    rows = max(1, rows)
+    power = 1 << (rows - 1).bit_length()  # the power of two >= rows
+    three = 3 * power // 4  # 3 * 2^(k-2), between power / 2 and power
+    return three if three >= rows and power >= 4 else power
+
+
+def pack_pair_groups(
+    batch: PairBatch, row_length: int, groups: int, *, rows: int | None = None
+) -> PackedPairGroups:
+    """Packs each of ``groups`` groups of consecutive pairs into the same number of rows.
+
+    ``rows`` None: `round_rows` of `rows_needed`. Every sequence is kept (one longer than
+    ``row_length`` is an error naming it, as in `pack_pairs`); nothing is dropped.
+    """
+    rows = round_rows(rows_needed(batch, row_length, groups)) if rows is None else rows
+    parts = [pack_pairs(_group(batch, g, groups), row_length, rows=rows) for g in range(groups)]
+    stack = lambda name: np.stack([getattr(p, name) for p in parts])  # noqa: E731
+    segment_ids = stack("segment_ids")
+    return PackedPairGroups(
+        input_ids=stack("input_ids"),
+        segment_ids=segment_ids,
+        loss_mask=stack("loss_mask"),
+        attention_mask=(segment_ids > 0).astype(np.int32),
+        pair_rows=stack("pair_rows"),
+        pair_segments=stack("pair_segments"),
+        unsafe=stack("unsafe"),
+        pair_index=stack("pair_index"),
+        valid=stack("valid"),
+    )

@@ -60,7 +60,12 @@ class Buffer(nnx.Variable):
 
 
 def _param(value: Array, names: tuple[str, ...]) -> nnx.Param:
-    """A parameter carrying logical axis ``names`` (see `safedpo_jax.sharding`)."""
+    """A parameter carrying logical axis ``names`` (see `safedpo_jax.sharding`).
+
+    A value with more dimensions than ``names`` has leading stacked-layer axes, named
+    ``"layers"``.
+    """
+    names = ("layers",) * (value.ndim - len(names)) + tuple(names)
     return nnx.Param(value, out_sharding=names, eager_sharding=False)
 
 
@@ -127,6 +132,23 @@ def _attention_masks(
     }
 
 
+def segment_positions(segment_ids_bt: Array) -> Array:
+    """Rotary positions of packed rows: ``0, 1, ...`` restarting where the segment id changes.
+
+    Segments are contiguous runs of one id (0 = padding, whose positions do not matter).
+
+    >>> segment_positions(jnp.array([[1, 1, 1, 2, 2, 3, 0, 0]])).tolist()
+    [[0, 1, 2, 0, 1, 0, 0, 1]]
+    """
+    b, t = segment_ids_bt.shape
+    index_t = jnp.arange(t)
+    starts_bt = jnp.concatenate(
+        [jnp.ones((b, 1), bool), segment_ids_bt[:, 1:] != segment_ids_bt[:, :-1]], axis=1
+    )
+    start_bt = jax.lax.cummax(jnp.where(starts_bt, index_t, 0), axis=1)
+    return (index_t - start_bt).astype(jnp.int32)
+
+
 def _remat_policy(remat: bool | str) -> Callable[..., bool] | None:
     """``True``: save nothing; a string: a `jax.checkpoint_policies` member by name."""
     if isinstance(remat, str):
@@ -150,15 +172,15 @@ class KVCache:
     ``max_length`` (nothing checks it under jit).
 
     Fields:
-        keys: per layer, ``[B, S, K, H]`` rotated keys in the compute dtype.
-        values: per layer, ``[B, S, K, H]`` values.
+        keys: ``[L, B, S, K, H]`` rotated keys of the ``L`` layers in the compute dtype.
+        values: ``[L, B, S, K, H]`` values.
         mask: ``[B, S]`` bool, True where a slot holds a real token.
         index: int32 scalar, the next slot to write (shared by all rows).
         positions: ``[B]`` int32, each row's next rotary position (its real-token count).
     """
 
-    keys: tuple[Array, ...]
-    values: tuple[Array, ...]
+    keys: Array
+    values: Array
     mask: Array
     index: Array
     positions: Array
@@ -172,8 +194,10 @@ class KVCache:
 class RMSNorm(nnx.Module):
     """``scale * x / sqrt(mean(x^2) + eps)`` with float32 statistics (Hugging Face order)."""
 
-    def __init__(self, dim: int, *, eps: float, dtype: DType, param_dtype: DType):
-        self.scale = _param(jnp.ones((dim,), param_dtype), ("norm",))
+    def __init__(
+        self, dim: int, *, eps: float, dtype: DType, param_dtype: DType, lead: tuple[int, ...] = ()
+    ):
+        self.scale = _param(jnp.ones((*lead, dim), param_dtype), ("norm",))
         self.eps = eps
         self.dtype = dtype
 
@@ -203,6 +227,7 @@ class Attention(nnx.Module):
         dtype: DType,
         param_dtype: DType,
         attention_impl: str | None,
+        lead: tuple[int, ...] = (),
     ):
         d, n, k, h = (
             config.hidden_size,
@@ -212,26 +237,26 @@ class Attention(nnx.Module):
         )
         std = config.initializer_range
         self.q_proj = _param(
-            _normal(rngs, (d, n, h), std, param_dtype), ("embed", "heads", "head_dim")
+            _normal(rngs, (*lead, *(d, n, h)), std, param_dtype), ("embed", "heads", "head_dim")
         )
         self.k_proj = _param(
-            _normal(rngs, (d, k, h), std, param_dtype), ("embed", "kv_heads", "head_dim")
+            _normal(rngs, (*lead, *(d, k, h)), std, param_dtype), ("embed", "kv_heads", "head_dim")
         )
         self.v_proj = _param(
-            _normal(rngs, (d, k, h), std, param_dtype), ("embed", "kv_heads", "head_dim")
+            _normal(rngs, (*lead, *(d, k, h)), std, param_dtype), ("embed", "kv_heads", "head_dim")
         )
         self.o_proj = _param(
-            _normal(rngs, (n, h, d), std, param_dtype), ("heads", "head_dim", "embed")
+            _normal(rngs, (*lead, *(n, h, d)), std, param_dtype), ("heads", "head_dim", "embed")
         )
         # Optional parts are None when the family lacks them (one assignment each: NNX
         # fixes an attribute's data/static status when it is first set).
-        zeros = lambda *shape: jnp.zeros(shape, param_dtype)  # noqa: E731
+        zeros = lambda *shape: jnp.zeros((*lead, *shape), param_dtype)  # noqa: E731
         bias = config.qkv_bias
         self.q_bias = _param(zeros(n, h), ("heads", "head_dim")) if bias else None
         self.k_bias = _param(zeros(k, h), ("kv_heads", "head_dim")) if bias else None
         self.v_bias = _param(zeros(k, h), ("kv_heads", "head_dim")) if bias else None
         self.o_bias = _param(zeros(d), ("embed",)) if config.o_bias else None
-        norm = dict(eps=config.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
+        norm = dict(eps=config.rms_norm_eps, dtype=dtype, param_dtype=param_dtype, lead=lead)
         self.q_norm = RMSNorm(h, **norm) if config.qk_norm else None
         self.k_norm = RMSNorm(h, **norm) if config.qk_norm else None
         self.inv_freq = tuple(config.rope_inv_freq().tolist())
@@ -283,11 +308,20 @@ class Attention(nnx.Module):
 class MLP(nnx.Module):
     """SwiGLU: ``down(silu(gate(x)) * up(x))``."""
 
-    def __init__(self, config: DecoderConfig, *, rngs: nnx.Rngs, dtype: DType, param_dtype: DType):
+    def __init__(
+        self,
+        config: DecoderConfig,
+        *,
+        rngs: nnx.Rngs,
+        dtype: DType,
+        param_dtype: DType,
+        lead: tuple[int, ...] = (),
+    ):
         d, f, std = config.hidden_size, config.intermediate_size, config.initializer_range
-        self.gate_proj = _param(_normal(rngs, (d, f), std, param_dtype), ("embed", "mlp"))
-        self.up_proj = _param(_normal(rngs, (d, f), std, param_dtype), ("embed", "mlp"))
-        self.down_proj = _param(_normal(rngs, (f, d), std, param_dtype), ("mlp", "embed"))
+        normal = lambda *shape: _normal(rngs, (*lead, *shape), std, param_dtype)  # noqa: E731
+        self.gate_proj = _param(normal(d, f), ("embed", "mlp"))
+        self.up_proj = _param(normal(d, f), ("embed", "mlp"))
+        self.down_proj = _param(normal(f, d), ("mlp", "embed"))
         self.dtype = dtype
 
     def __call__(self, x_btd: Array) -> Array:
@@ -297,35 +331,43 @@ class MLP(nnx.Module):
 
 
 class Block(nnx.Module):
-    """Pre-norm residual block: attention then MLP."""
+    """Pre-norm residual block: attention then MLP.
+
+    With ``lead=(L,)`` every parameter has a leading axis of ``L`` layers (logical name
+    ``"layers"``): the decoder keeps all its blocks as one such stack and applies it with
+    `jax.lax.scan`, merging each step's slice of the state into this module.
+    """
 
     def __init__(
         self,
         config: DecoderConfig,
-        layer: int,
         *,
         rngs: nnx.Rngs,
         dtype: DType,
         param_dtype: DType,
         attention_impl: str | None,
+        lead: tuple[int, ...] = (),
     ):
-        kw = dict(eps=config.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
+        kw = dict(eps=config.rms_norm_eps, dtype=dtype, param_dtype=param_dtype, lead=lead)
         self.input_layernorm = RMSNorm(config.hidden_size, **kw)
         self.self_attn = Attention(
-            config, rngs=rngs, dtype=dtype, param_dtype=param_dtype, attention_impl=attention_impl
+            config,
+            rngs=rngs,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            attention_impl=attention_impl,
+            lead=lead,
         )
         self.post_attention_layernorm = RMSNorm(config.hidden_size, **kw)
-        self.mlp = MLP(config, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
-        self.window = config.layer_window(layer)
+        self.mlp = MLP(config, rngs=rngs, dtype=dtype, param_dtype=param_dtype, lead=lead)
 
     def __call__(
         self,
         x_btd: Array,
         positions_bt: Array,
-        masks: dict[str, Array],
+        mask_b1ts: Array,
         kv: tuple[Array, Array, Array] | None,
     ) -> tuple[Array, tuple[Array, Array] | None]:
-        mask_b1ts = masks[_window_key(self.window)]
         h_btd, new_kv = self.self_attn(self.input_layernorm(x_btd), positions_bt, mask_b1ts, kv)
         x_btd = x_btd + h_btd
         x_btd = x_btd + self.mlp(self.post_attention_layernorm(x_btd))
@@ -333,7 +375,15 @@ class Block(nnx.Module):
 
 
 class Decoder(nnx.Module):
-    """Token embedding, the blocks and the final norm (Hugging Face's ``model.*``)."""
+    """Token embedding, the blocks and the final norm (Hugging Face's ``model.*``).
+
+    The ``L`` blocks are one `Block` whose parameters are stacked on a leading layer axis
+    (``model.layers.mlp.up_proj`` is ``[L, D, F]``). The forward pass applies them with
+    `jax.lax.scan` (``scan_layers=True``): the block is traced and compiled once whatever
+    the depth. ``scan_layers=False`` runs a Python loop over the layer slices instead (the
+    same numbers; XLA then sees ``L`` copies of the block, so compiling grows with depth).
+    With ``remat``, each layer's step is wrapped in `jax.checkpoint` with that policy.
+    """
 
     def __init__(
         self,
@@ -344,6 +394,7 @@ class Decoder(nnx.Module):
         param_dtype: DType,
         attention_impl: str | None,
         remat: bool | str,
+        scan_layers: bool = True,
     ):
         self.embed_tokens = _param(
             _normal(
@@ -351,34 +402,46 @@ class Decoder(nnx.Module):
             ),
             ("vocab", "embed"),
         )
-        self.layers = nnx.List(
-            [
-                Block(
-                    config,
-                    i,
-                    rngs=rngs,
-                    dtype=dtype,
-                    param_dtype=param_dtype,
-                    attention_impl=attention_impl,
-                )
-                for i in range(config.num_hidden_layers)
-            ]
+        n_layers = config.num_hidden_layers
+        self.layers = Block(
+            config,
+            rngs=rngs,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            attention_impl=attention_impl,
+            lead=(n_layers,),
         )
         self.norm = RMSNorm(
             config.hidden_size, eps=config.rms_norm_eps, dtype=dtype, param_dtype=param_dtype
         )
-        # The distinct attention windows (None: full attention), one mask each per call.
-        self.windows = tuple(dict.fromkeys(config.layer_window(i) for i in range(len(self.layers))))
+        # The distinct attention windows (None: full attention), one mask each per call,
+        # and each layer's index into them.
+        layer_windows = [config.layer_window(i) for i in range(n_layers)]
+        self.windows = tuple(dict.fromkeys(layer_windows))
+        self.window_index = tuple(self.windows.index(w) for w in layer_windows)
+        self.num_layers = n_layers
         self.dtype = dtype
         self.remat = remat
+        self.scan_layers = scan_layers
 
     def __call__(
-        self, input_ids_bt: Array, mask_bt: Array | None, cache: KVCache | None
+        self,
+        input_ids_bt: Array,
+        mask_bt: Array | None,
+        cache: KVCache | None,
+        segment_ids_bt: Array | None = None,
     ) -> tuple[Array, KVCache | None]:
         b, t = input_ids_bt.shape
+        if segment_ids_bt is not None:
+            if cache is not None:
+                raise ValueError("segment_ids (packed rows) cannot be used with a KV cache")
+            mask_bt = segment_ids_bt > 0
         mask_bt = jnp.ones((b, t), bool) if mask_bt is None else mask_bt.astype(bool)
         counts_bt = jnp.cumsum(mask_bt.astype(jnp.int32), axis=1)
-        if cache is None:
+        if segment_ids_bt is not None:
+            positions_bt = segment_positions(segment_ids_bt)
+            valid_bs, q_slot_t, k_slot_s = mask_bt, jnp.arange(t), jnp.arange(t)
+        elif cache is None:
             positions_bt = jnp.maximum(counts_bt - 1, 0)
             valid_bs, q_slot_t, k_slot_s = mask_bt, jnp.arange(t), jnp.arange(t)
         else:
@@ -387,49 +450,61 @@ class Decoder(nnx.Module):
             valid_bs = jax.lax.dynamic_update_slice(cache.mask, mask_bt, (0, cache.index))
             q_slot_t, k_slot_s = cache.index + jnp.arange(t), jnp.arange(cache.max_length)
         masks = _attention_masks(valid_bs, q_slot_t, k_slot_s, self.windows)
-
+        if segment_ids_bt is not None:  # attention stays inside each packed segment
+            same_b1ts = (segment_ids_bt[:, :, None] == segment_ids_bt[:, None, :])[:, None]
+            masks = {key: m & same_b1ts for key, m in masks.items()}
+        # [W, B, 1, T, S]: the masks of the distinct windows, selected per layer by index.
+        masks_wb1ts = jnp.stack([masks[_window_key(w)] for w in self.windows])
         x_btd = jnp.take(self.embed_tokens[...], input_ids_bt, axis=0).astype(self.dtype)
-        new_keys, new_values = [], []
-        if self.remat is not False and cache is None:
-            # `jax.checkpoint` over each block as a pure function of its state (not
-            # `nnx.remat`, which writes state back and so fails when the model was merged
-            # from traced parameters inside `jax.grad`, as in the train step).
-            policy = _remat_policy(self.remat)
-            for block in self.layers:
-                graphdef, state = nnx.split(block)
-
-                def run(state: nnx.State, x: Array, p: Array, m: Any, graphdef=graphdef) -> Array:
-                    return nnx.merge(graphdef, state)(x, p, m, None)[0]
-
-                x_btd = jax.checkpoint(run, policy=policy)(state, x_btd, positions_bt, masks)
-        else:
-            for i, block in enumerate(self.layers):
-                kv = None if cache is None else (cache.keys[i], cache.values[i], cache.index)
-                x_btd, new_kv = block(x_btd, positions_bt, masks, kv)
-                if new_kv is not None:
-                    new_keys.append(new_kv[0])
-                    new_values.append(new_kv[1])
+        x_btd, new_kv = self.apply_layers(x_btd, positions_bt, masks_wb1ts, cache)
         x_btd = self.norm(x_btd)
         if cache is None:
             return x_btd, None
         new_cache = KVCache(
-            keys=tuple(new_keys),
-            values=tuple(new_values),
+            keys=new_kv[0],
+            values=new_kv[1],
             mask=valid_bs,
             index=cache.index + t,
             positions=cache.positions + mask_bt.sum(axis=1, dtype=jnp.int32),
         )
         return x_btd, new_cache
 
+    def apply_layers(
+        self, x_btd: Array, positions_bt: Array, masks_wb1ts: Array, cache: KVCache | None
+    ) -> tuple[Array, tuple[Array, Array] | None]:
+        """The blocks in order; with a cache also the new ``[L, B, S, K, H]`` keys and values."""
+        graphdef, state = nnx.split(self.layers)
+        single_window = masks_wb1ts.shape[0] == 1
+
+        # Each layer as a pure function of its slice of the state (not `nnx.remat` /
+        # `nnx.scan`, which write state back and so fail when the model was merged from
+        # traced parameters inside `jax.grad`, as in the train step).
+        def layer(x: Array, xs: tuple[Any, ...]) -> tuple[Array, Any]:
+            layer_state, window, kv = xs
+            mask_b1ts = masks_wb1ts[0] if single_window else masks_wb1ts[window]
+            kv = None if kv is None else (kv[0], kv[1], cache.index)
+            return nnx.merge(graphdef, layer_state)(x, positions_bt, mask_b1ts, kv)
+
+        if self.remat is not False and cache is None:
+            layer = jax.checkpoint(layer, policy=_remat_policy(self.remat))
+        windows = jnp.asarray(self.window_index, jnp.int32)
+        kv_xs = None if cache is None else (cache.keys, cache.values)
+        if self.scan_layers:
+            return jax.lax.scan(layer, x_btd, (state, windows, kv_xs))
+        outs = []
+        for i in range(self.num_layers):
+            x_btd, out = layer(x_btd, jax.tree.map(lambda a, i=i: a[i], (state, windows, kv_xs)))
+            outs.append(out)
+        return x_btd, jax.tree.map(lambda *a: jnp.stack(a), *outs) if cache else None
+
     def init_cache(
         self, config: DecoderConfig, batch_size: int, max_length: int, mesh: Mesh | None
     ) -> KVCache:
-        shape = (batch_size, max_length, config.num_key_value_heads, config.head_dim)
-        zeros = lambda: jnp.zeros(shape, self.dtype)  # noqa: E731
         n = config.num_hidden_layers
+        shape = (n, batch_size, max_length, config.num_key_value_heads, config.head_dim)
         cache = KVCache(
-            keys=tuple(zeros() for _ in range(n)),
-            values=tuple(zeros() for _ in range(n)),
+            keys=jnp.zeros(shape, self.dtype),
+            values=jnp.zeros(shape, self.dtype),
             mask=jnp.zeros((batch_size, max_length), bool),
             index=jnp.zeros((), jnp.int32),
             positions=jnp.zeros((batch_size,), jnp.int32),
@@ -438,9 +513,10 @@ class Decoder(nnx.Module):
             return cache
         from safedpo_jax.sharding import named_sharding
 
+        kv_names = ("layers", "batch", "length", "kv_heads", "head_dim")
         names = KVCache(
-            keys=(("batch", "length", "kv_heads", "head_dim"),) * n,
-            values=(("batch", "length", "kv_heads", "head_dim"),) * n,
+            keys=kv_names,
+            values=kv_names,
             mask=("batch", "length"),
             index=(),
             positions=("batch",),
@@ -461,7 +537,9 @@ class _Base(nnx.Module):
     `jax.checkpoint_policies` member (e.g. ``"dots_with_no_batch_dims_saveable"``); it
     applies to forward passes without a cache (training), never to cached decoding,
     ``attention_impl`` None (XLA), ``"xla"`` or ``"cudnn"`` (passed to
-    `jax.nn.dot_product_attention`), ``precision`` the matmul precision of the forward pass.
+    `jax.nn.dot_product_attention`), ``precision`` the matmul precision of the forward pass,
+    ``scan_layers`` True (`jax.lax.scan` over the stacked blocks: compile time flat in
+    depth) or False (a Python loop over them; same parameters and numbers).
     """
 
     def __init__(
@@ -474,6 +552,7 @@ class _Base(nnx.Module):
         remat: bool | str = False,
         attention_impl: str | None = None,
         precision: str | None = "highest",
+        scan_layers: bool = True,
     ):
         if attention_impl not in (None, "xla", "cudnn"):
             raise ValueError(
@@ -491,6 +570,7 @@ class _Base(nnx.Module):
             param_dtype=param_dtype,
             attention_impl=attention_impl,
             remat=remat,
+            scan_layers=scan_layers,
         )
 
 
@@ -503,6 +583,17 @@ class CausalLM(_Base):
     gives the ``[B, T, D]`` hidden states after the final norm instead (so that a loss can
     chunk the vocabulary projection with `lm_head_weight`). With ``cache=`` it appends the
     tokens to the cache and returns ``(logits_or_hidden, cache)``.
+
+    Packed rows (padding-free training): ``segment_ids`` int ``[B, T]`` numbers the
+    sequences packed into each row (contiguous runs, 1, 2, ...; 0 = padding) and replaces
+    the mask: attention stays inside each segment and rotary positions restart at 0 at
+    each segment's start (`segment_positions`), so every segment's logits equal those of
+    the sequence run alone. Not with a cache. The segments enter attention as part of the
+    boolean ``[B, 1, T, S]`` mask, the same argument every path already takes: XLA's
+    attention (CPU, GPU and TPU; this decoder has no TPU splash-attention path) applies it
+    directly, and ``attention_impl="cudnn"`` receives it as JAX turns any boolean mask for
+    cuDNN into an additive bias (not cuDNN's segment fast path). The cuDNN case with
+    segments has not run on a GPU here; the mask path it uses matched XLA on an H100.
     """
 
     def __init__(self, config: DecoderConfig, *, rngs: nnx.Rngs, **options: Any):
@@ -533,9 +624,10 @@ class CausalLM(_Base):
         *,
         cache: KVCache | None = None,
         return_hidden: bool = False,
+        segment_ids: Array | None = None,
     ) -> Array | tuple[Array, KVCache]:
         with _precision(self.precision):
-            hidden_btd, new_cache = self.model(input_ids, attention_mask, cache)
+            hidden_btd, new_cache = self.model(input_ids, attention_mask, cache, segment_ids)
             # btd,dv->btv unless the hidden states are asked for
             # float32 logits whatever the compute dtype: bf16 logits lose up to ~0.5 nats
             # per sequence before the log-softmax (the chunked loss path keeps float32 too)
@@ -672,6 +764,7 @@ def init_model(
     remat: bool | str = False,
     attention_impl: str | None = None,
     precision: str | None = "highest",
+    scan_layers: bool = True,
 ) -> CausalLM | ScoreModel:
     """A randomly initialised model for ``config`` (`CausalLM` or `ScoreModel` by ``config.kind``).
 
@@ -688,6 +781,7 @@ def init_model(
         remat=remat,
         attention_impl=attention_impl,
         precision=precision,
+        scan_layers=scan_layers,
     )
     graphdef, create = _initializer(model_class(config), config, tuple(options.items()), mesh)
     return nnx.merge(graphdef, create(rngs.params()))

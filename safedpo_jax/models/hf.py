@@ -2,7 +2,11 @@
 
 `KEY_TABLE` maps each Hugging Face safetensors key pattern (``{i}`` a layer, ``{head}``
 the score head's name: ``score`` for ``*ForSequenceClassification``, ``score_head`` for
-safe-rlhf ``*ForScore``) to our module path and a layout transform. Which rows apply
+safe-rlhf ``*ForScore``) to our module path and a layout transform. Our decoder keeps its
+blocks stacked (``model.layers.mlp.up_proj`` is ``[L, D, F]``, see
+`safedpo_jax.models.decoder.Decoder`), so a ``{i}`` row maps ``L`` Hugging Face keys to
+the ``L`` slices of one stacked parameter: loading reads them one tensor at a time into
+that parameter's slices, export writes one slice at a time. Which rows apply
 is decided by the model itself: a key is expected exactly when the model built from the
 config has the parameter (q/k/v biases for Qwen2, q/k norms for Qwen3, no ``lm_head`` when
 embeddings are tied, ...). Loading fails, naming the key, when a key is missing, unused, or
@@ -38,6 +42,7 @@ whole on the host. bf16 checkpoints load through numpy's ``ml_dtypes.bfloat16``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -50,7 +55,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
@@ -61,21 +66,25 @@ _L = "model.layers.{i}"
 # Hugging Face key pattern -> (our module path, transform). The one table.
 KEY_TABLE: tuple[tuple[str, str, str], ...] = (
     ("model.embed_tokens.weight", "model.embed_tokens", "copy"),
-    (f"{_L}.input_layernorm.weight", f"{_L}.input_layernorm.scale", "copy"),
-    (f"{_L}.self_attn.q_proj.weight", f"{_L}.self_attn.q_proj", "linear"),
-    (f"{_L}.self_attn.k_proj.weight", f"{_L}.self_attn.k_proj", "linear"),
-    (f"{_L}.self_attn.v_proj.weight", f"{_L}.self_attn.v_proj", "linear"),
-    (f"{_L}.self_attn.q_proj.bias", f"{_L}.self_attn.q_bias", "heads"),
-    (f"{_L}.self_attn.k_proj.bias", f"{_L}.self_attn.k_bias", "heads"),
-    (f"{_L}.self_attn.v_proj.bias", f"{_L}.self_attn.v_bias", "heads"),
-    (f"{_L}.self_attn.q_norm.weight", f"{_L}.self_attn.q_norm.scale", "copy"),
-    (f"{_L}.self_attn.k_norm.weight", f"{_L}.self_attn.k_norm.scale", "copy"),
-    (f"{_L}.self_attn.o_proj.weight", f"{_L}.self_attn.o_proj", "linear_o"),
-    (f"{_L}.self_attn.o_proj.bias", f"{_L}.self_attn.o_bias", "copy"),
-    (f"{_L}.post_attention_layernorm.weight", f"{_L}.post_attention_layernorm.scale", "copy"),
-    (f"{_L}.mlp.gate_proj.weight", f"{_L}.mlp.gate_proj", "linear"),
-    (f"{_L}.mlp.up_proj.weight", f"{_L}.mlp.up_proj", "linear"),
-    (f"{_L}.mlp.down_proj.weight", f"{_L}.mlp.down_proj", "linear"),
+    (f"{_L}.input_layernorm.weight", "model.layers.input_layernorm.scale", "copy"),
+    (f"{_L}.self_attn.q_proj.weight", "model.layers.self_attn.q_proj", "linear"),
+    (f"{_L}.self_attn.k_proj.weight", "model.layers.self_attn.k_proj", "linear"),
+    (f"{_L}.self_attn.v_proj.weight", "model.layers.self_attn.v_proj", "linear"),
+    (f"{_L}.self_attn.q_proj.bias", "model.layers.self_attn.q_bias", "heads"),
+    (f"{_L}.self_attn.k_proj.bias", "model.layers.self_attn.k_bias", "heads"),
+    (f"{_L}.self_attn.v_proj.bias", "model.layers.self_attn.v_bias", "heads"),
+    (f"{_L}.self_attn.q_norm.weight", "model.layers.self_attn.q_norm.scale", "copy"),
+    (f"{_L}.self_attn.k_norm.weight", "model.layers.self_attn.k_norm.scale", "copy"),
+    (f"{_L}.self_attn.o_proj.weight", "model.layers.self_attn.o_proj", "linear_o"),
+    (f"{_L}.self_attn.o_proj.bias", "model.layers.self_attn.o_bias", "copy"),
+    (
+        f"{_L}.post_attention_layernorm.weight",
+        "model.layers.post_attention_layernorm.scale",
+        "copy",
+    ),
+    (f"{_L}.mlp.gate_proj.weight", "model.layers.mlp.gate_proj", "linear"),
+    (f"{_L}.mlp.up_proj.weight", "model.layers.mlp.up_proj", "linear"),
+    (f"{_L}.mlp.down_proj.weight", "model.layers.mlp.down_proj", "linear"),
     ("model.norm.weight", "model.norm.scale", "copy"),
     ("lm_head.weight", "lm_head", "linear"),
     ("{head}.weight", "score_head", "linear"),
@@ -107,8 +116,16 @@ class CheckpointKeyError(KeyError, ValueError):
 
 
 class _Rule(NamedTuple):
-    hf_key: str
+    """The Hugging Face keys of one of our variables: one key, or one per stacked layer."""
+
+    hf_keys: tuple[str, ...]
     transform: str
+    stacked: bool  # the variable's leading axis is the layer; hf_keys[i] is slice i
+
+    def slices(self) -> Iterator[tuple[str, int | None]]:
+        """``(Hugging Face key, layer index or None)`` for each key of this rule."""
+        for i, key in enumerate(self.hf_keys):
+            yield key, (i if self.stacked else None)
 
 
 # ------------------------------------------------------------------ layout transforms
@@ -143,11 +160,7 @@ def _to_hf(transform: str, ours: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ the key plan
-def _path_regex(pattern: str) -> re.Pattern[str]:
-    return re.compile(re.escape(pattern).replace(re.escape("{i}"), r"(?P<i>\d+)") + "$")
-
-
-_RULES = tuple((_path_regex(ours), hf, transform) for hf, ours, transform in KEY_TABLE)
+_RULES = {ours: (hf, transform) for hf, ours, transform in KEY_TABLE}
 
 
 def head_key_name(config: DecoderConfig) -> str:
@@ -156,23 +169,30 @@ def head_key_name(config: DecoderConfig) -> str:
 
 
 def key_plan(state: nnx.State, config: DecoderConfig) -> dict[str, tuple[_Rule, nnx.Variable]]:
-    """For every variable of a model's (abstract) state: its Hugging Face key and transform.
+    """For every variable of a model's (abstract) state: its Hugging Face keys and transform.
 
-    Returns ``{our dotted path: (rule, variable)}`` in state order.
+    Returns ``{our dotted path: (rule, variable)}`` in state order; a stacked variable
+    (a ``{i}`` row) gets one key per layer, in layer order.
     """
     plan: dict[str, tuple[_Rule, nnx.Variable]] = {}
     head = head_key_name(config)
     for path, variable in nnx.to_flat_state(state):
         dotted = ".".join(str(p) for p in path)
-        for regex, hf, transform in _RULES:
-            match = regex.match(dotted)
-            if match:
-                key = hf.format(i=match.groupdict().get("i"), head=head)
-                plan[dotted] = (_Rule(key, transform), variable)
-                break
-        else:
+        if dotted not in _RULES:
             raise KeyError(f"model variable {dotted!r} has no row in KEY_TABLE")
+        hf, transform = _RULES[dotted]
+        if "{i}" in hf:
+            n_layers = variable.get_value().shape[0]
+            keys = tuple(hf.format(i=i, head=head) for i in range(n_layers))
+            plan[dotted] = (_Rule(keys, transform, True), variable)
+        else:
+            plan[dotted] = (_Rule((hf.format(head=head),), transform, False), variable)
     return plan
+
+
+def _slice_shape(rule: _Rule, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape (our layout) of one key's tensor: a layer's slice of a stacked variable."""
+    return shape[1:] if rule.stacked else shape
 
 
 # ------------------------------------------------------------------ reading checkpoints
@@ -265,7 +285,7 @@ class _Checkpoint:
 def _check_keys(
     ckpt: _Checkpoint, plan: Mapping[str, tuple[_Rule, nnx.Variable]], config: DecoderConfig
 ) -> None:
-    expected = {rule.hf_key for rule, _ in plan.values()}
+    expected = {key for rule, _ in plan.values() for key in rule.hf_keys}
     present = {k for k in ckpt.names() if not IGNORED_KEY.match(k)}
     if config.tie_word_embeddings and "lm_head.weight" in present:
         present.discard("lm_head.weight")
@@ -291,15 +311,16 @@ def _check_keys(
             f"{config.kind} {config.model_type} model: {named}{more}"
         )
     for rule, variable in plan.values():
-        if rule.hf_key not in present:
-            continue
-        want = _hf_shape(rule.transform, tuple(variable.get_value().shape))
-        found = ckpt.shape(rule.hf_key)
-        if want != found:
-            raise ValueError(
-                f"{ckpt.where(rule.hf_key)}: key {rule.hf_key!r}: expected shape {want} "
-                f"(Hugging Face layout, from config.json), found {found}"
-            )
+        want = _hf_shape(rule.transform, _slice_shape(rule, tuple(variable.get_value().shape)))
+        for key in rule.hf_keys:
+            if key not in present:
+                continue
+            found = ckpt.shape(key)
+            if want != found:
+                raise ValueError(
+                    f"{ckpt.where(key)}: key {key!r}: expected shape {want} "
+                    f"(Hugging Face layout, from config.json), found {found}"
+                )
 
 
 def _with_kind(config: DecoderConfig, kind: str | None, keys: set[str]) -> DecoderConfig:
@@ -353,14 +374,24 @@ def _load(
         dotted = ".".join(str(p) for p in path)
         rule, _ = plan[dotted]
         aval = variable.get_value()
-        if dotted in fresh:
-            host = np.asarray(fresh[dotted](tuple(aval.shape)))
-        elif rule.hf_key in ckpt.handles:
-            host = _to_ours(rule.transform, ckpt.get(rule.hf_key), tuple(aval.shape))
-        else:  # an optional key (normalizer statistics): the config's values
-            host = normalizer_defaults(config)[path[-1]]
-        host = host.astype(np.dtype(aval.dtype), copy=False)
-        value = _place(host, None if shardings is None else shardings[path].get_value())
+        dtype = np.dtype(aval.dtype)
+        sharding = None if shardings is None else shardings[path].get_value()
+        if rule.stacked and dotted not in fresh:
+            layer_shape = _slice_shape(rule, tuple(aval.shape))
+            layers = (
+                _to_ours(rule.transform, ckpt.get(key), layer_shape).astype(dtype, copy=False)
+                for key in rule.hf_keys
+            )
+            value = _place_stacked(layers, tuple(aval.shape), dtype, sharding)
+        else:
+            key = rule.hf_keys[0]
+            if dotted in fresh:
+                host = np.asarray(fresh[dotted](tuple(aval.shape)))
+            elif key in ckpt.handles:
+                host = _to_ours(rule.transform, ckpt.get(key), tuple(aval.shape))
+            else:  # an optional key (normalizer statistics): the config's values
+                host = normalizer_defaults(config)[path[-1]]
+            value = _place(host.astype(dtype, copy=False), sharding)
         loaded.append((path, variable.replace(value)))
     return nnx.merge(graphdef, nnx.from_flat_state(loaded))
 
@@ -381,6 +412,7 @@ def from_pretrained(
     remat: bool | str = False,
     attention_impl: str | None = None,
     precision: str | None = "highest",
+    scan_layers: bool = True,
     kind: Literal["causal_lm", "score"] | None = None,
     revision: str | None = None,
 ) -> CausalLM | ScoreModel:
@@ -390,7 +422,7 @@ def from_pretrained(
     `safedpo_jax.models.config`); ``kind`` overrides it for configs without one. Weights are
     cast to ``param_dtype``; the forward pass computes in ``dtype``. With ``mesh``, each
     parameter lands directly in the sharding the logical-axis rules give it; without, on
-    the default device. ``remat``, ``attention_impl`` and ``precision`` are as in
+    the default device. ``remat``, ``attention_impl``, ``precision`` and ``scan_layers`` are as in
     `safedpo_jax.models.CausalLM`. Score models load from either layout (Hugging Face
     ``*ForSequenceClassification`` or safe-rlhf ``*ForScore``); to start a score model
     from a causal LM, use `score_model_from_causal_lm`.
@@ -403,6 +435,7 @@ def from_pretrained(
         remat=remat,
         attention_impl=attention_impl,
         precision=precision,
+        scan_layers=scan_layers,
     )
     with contextlib.ExitStack() as stack:
         ckpt = _Checkpoint(directory, stack)
@@ -451,6 +484,7 @@ def score_model_from_causal_lm(
     remat: bool | str = False,
     attention_impl: str | None = None,
     precision: str | None = "highest",
+    scan_layers: bool = True,
     revision: str | None = None,
 ) -> ScoreModel:
     """A `ScoreModel` whose decoder is a causal-LM checkpoint's and whose head is new.
@@ -492,6 +526,7 @@ def score_model_from_causal_lm(
         remat=remat,
         attention_impl=attention_impl,
         precision=precision,
+        scan_layers=scan_layers,
     )
     with contextlib.ExitStack() as stack:
         ckpt = _Checkpoint(directory, stack)
@@ -572,8 +607,9 @@ def convert_score_model(
         dtype=model.dtype,
         param_dtype=model.param_dtype,
         remat=model.model.remat,
-        attention_impl=model.model.layers[0].self_attn.attention_impl,
+        attention_impl=model.model.layers.self_attn.attention_impl,
         precision=model.precision,
+        scan_layers=model.model.scan_layers,
     )
     abstract = nnx.eval_shape(lambda: ScoreModel(new_config, rngs=nnx.Rngs(0), **options))
     graphdef, abstract_state = nnx.split(abstract)
@@ -598,6 +634,40 @@ def _place(host: np.ndarray, sharding: jax.sharding.Sharding | None) -> jax.Arra
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
+@functools.lru_cache(maxsize=64)
+def _layer_writer(sharding: jax.sharding.Sharding | None) -> Any:
+    """A jitted ``(stack, layer, i) -> stack.at[i].set(layer)`` that reuses ``stack``'s buffer."""
+    write = lambda stack, layer, i: jax.lax.dynamic_update_index_in_dim(stack, layer, i, 0)  # noqa: E731
+    if sharding is None:
+        return jax.jit(write, donate_argnums=0)
+    return jax.jit(write, donate_argnums=0, out_shardings=sharding)
+
+
+def _place_stacked(
+    layers: Iterator[np.ndarray],
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    sharding: jax.sharding.NamedSharding | None,
+) -> jax.Array:
+    """A ``shape`` device array filled layer by layer from host arrays of ``shape[1:]``.
+
+    The host holds one layer at a time; each write updates the stack in place (donated).
+    With a sharding, each layer is placed with the stack's sharding minus its leading axis
+    (each device receives only its slice) before it is written.
+    """
+    if sharding is None:
+        stack = jnp.zeros(shape, dtype)
+        layer_sharding = None
+    else:
+        stack = jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sharding)()
+        spec = tuple(sharding.spec) + (None,) * (len(shape) - len(sharding.spec))
+        layer_sharding = NamedSharding(sharding.mesh, PartitionSpec(*spec[1:]))
+    write = _layer_writer(sharding)
+    for i, host in enumerate(layers):
+        stack = write(stack, _place(host, layer_sharding), np.int32(i))
+    return stack
+
+
 # ------------------------------------------------------------------ writing checkpoints
 def _parse_size(size: int | str) -> int:
     """Bytes in ``size``: an int, or a string like ``"5GB"``, ``"500MB"``, ``"10KiB"``.
@@ -615,6 +685,15 @@ def _parse_size(size: int | str) -> int:
     number, unit, binary = match.groups()
     base = 1024 if binary else 1000
     return int(float(number) * base ** " KMGT".index(unit or " "))
+
+
+def _slice_of(value: Any, layer: int | None) -> Any:
+    """Layer ``layer`` of a stacked array (an abstract one gives its shape), or the array."""
+    if layer is None:
+        return value
+    if isinstance(value, jax.Array):
+        return value[layer]
+    return jax.ShapeDtypeStruct(value.shape[1:], value.dtype)
 
 
 def _gather(value: jax.Array) -> np.ndarray:
@@ -669,8 +748,16 @@ def save_pretrained(
     config = model.config
     plan = key_plan(nnx.state(model), config)
     limit = _parse_size(max_shard_size)
-    by_key = {rule.hf_key: (rule, variable) for rule, variable in plan.values()}
-    sizes = [(k, v.get_value().size * v.get_value().dtype.itemsize) for k, (_, v) in by_key.items()]
+    # Hugging Face key -> (transform, variable, layer index or None)
+    by_key = {
+        key: (rule.transform, variable, layer)
+        for rule, variable in plan.values()
+        for key, layer in rule.slices()
+    }
+    sizes = [
+        (key, math.prod(_slice_of(v.get_value(), layer).shape) * v.get_value().dtype.itemsize)
+        for key, (_, v, layer) in by_key.items()
+    ]
     shards = _shard_plan(sizes, limit)
     out_dir = Path(path)
     writer = jax.process_index() == 0
@@ -685,8 +772,8 @@ def save_pretrained(
     for name, keys in zip(names, shards, strict=True):
         tensors = {}
         for key in keys:
-            rule, variable = by_key[key]
-            tensors[key] = _to_hf(rule.transform, _gather(variable.get_value()))
+            transform, variable, layer = by_key[key]
+            tensors[key] = _to_hf(transform, _gather(_slice_of(variable.get_value(), layer)))
             weight_map[key] = name
         if writer:
             save_file(tensors, out_dir / name, metadata={"format": "pt"})
@@ -709,4 +796,6 @@ def save_pretrained(
 def iter_hf_tensors(model: CausalLM | ScoreModel) -> Iterator[tuple[str, np.ndarray]]:
     """``(Hugging Face key, host array)`` for every weight of ``model``, one at a time."""
     for rule, variable in key_plan(nnx.state(model), model.config).values():
-        yield rule.hf_key, _to_hf(rule.transform, _gather(variable.get_value()))
+        for key, layer in rule.slices():
+            value = _slice_of(variable.get_value(), layer)
+            yield key, _to_hf(rule.transform, _gather(value))

@@ -7,13 +7,21 @@ An adapter on a projection ``W`` (stored ``[in..., out...]``) adds ``scale * (x 
 ``q/k/v/o_proj`` and MLP ``gate/up/down_proj`` by default; a name list or a regex over
 PEFT's module names (``model.layers.3.self_attn.q_proj``) chooses others.
 
-Built on Flax NNX's own LoRA: each adapter is a `flax.nnx.LoRA` (its 2-D ``x @ A @ B``
-path and its `flax.nnx.LoRAParam` variable type), extended with the scale, the reshape
-between the decoder's multi-axis weights and 2-D adapters, and logical-axis names so the
-adapters shard by the same rules as the weights they adapt. qwix (Tunix's LoRA and
-quantisation library) is not installed here and would intercept the decoder's matmuls by
-tracing; NNX's module is enough for a decoder whose projections already go through one
-function (`safedpo_jax.models.decoder._linear`, the only hook).
+Built on Flax NNX's LoRA parameter type (`flax.nnx.LoRAParam`) and `flax.nnx.LoRA`'s
+2-D ``x @ A @ B`` form, with the scale, the reshape between the decoder's multi-axis
+weights and 2-D adapters, a leading layer axis and logical-axis names so the adapters
+shard by the same rules as the weights they adapt. qwix (Tunix's LoRA and quantisation
+library) is not installed here and would intercept the decoder's matmuls by tracing; one
+module is enough for a decoder whose projections already go through one function
+(`safedpo_jax.models.decoder._linear`, the only hook).
+
+Stacked layers. The decoder keeps its ``L`` blocks as one stack (every weight has a
+leading layer axis, applied with `jax.lax.scan`), so an adapter on a projection is one
+`Adapter` whose ``A`` is ``[L, in, r]`` and ``B`` ``[L, r, out]``: one pair per layer,
+sliced and scanned with the block. When a regex selects the projection in some layers
+only, the adapter carries a ``[L]`` 0/1 `LayerGate` (frozen, not a parameter) that
+switches the other layers' slices off; their ``A``/``B`` then get zero gradients and are
+neither exported nor merged. PEFT names and files stay per layer.
 
 Training splits a model with adapters into the adapters (trainable, `split`) and the rest
 (the frozen base, never differentiated, with no optimizer state); the reference of a
@@ -40,8 +48,10 @@ is ``scale * B_pt A_pt``, ours is its transpose reshaped.
 >>> model = add_lora(model, LoRAConfig(rank=2, alpha=4.0), rngs=nnx.Rngs(1))
 >>> bool(jnp.array_equal(model(ids), before))  # B = 0: the adapters start as a no-op
 True
->>> sorted(split(model).params["model"]["layers"][0]["mlp"]["lora"])
+>>> sorted(split(model).params["model"]["layers"]["mlp"]["lora"])
 ['down_proj', 'gate_proj', 'up_proj']
+>>> model.model.layers.mlp.lora["up_proj"].lora_a.shape  # [L, in, r]
+(1, 8, 2)
 """
 
 from __future__ import annotations
@@ -138,11 +148,20 @@ class LoRAConfig:
         return module_name.rsplit(".", 1)[-1] in self.targets
 
 
-class Adapter(nnx.LoRA):
-    """`flax.nnx.LoRA` on one projection: ``scale * (x A) B`` in the weight's layout.
+class LayerGate(nnx.Variable):
+    """A frozen ``[L]`` 0/1 switch of a stacked adapter's layers (not trained, not exported)."""
+
+
+class Adapter(nnx.Module):
+    """LoRA on one projection: ``scale * (x A) B`` in the weight's layout.
 
     ``x`` is ``[..., in...]`` (the last ``contract`` axes meet the weight); the output is
-    ``[..., out...]``. ``lora_a``: ``[in, r]``, ``lora_b``: ``[r, out]``, `nnx.LoRAParam`.
+    ``[..., out...]``. ``lora_a``: ``[*lead, in, r]`` (PEFT's start, uniform in
+    ``+-1/sqrt(in)``), ``lora_b``: ``[*lead, r, out]`` (zeros), both `nnx.LoRAParam`.
+    ``lead=(L,)`` stacks one adapter per decoder layer (logical axis ``"layers"``): the
+    decoder's scan hands each step a layer's slice, which this module then applies.
+    ``active``: per layer, whether it is adapted (None: every layer); the others are
+    switched off by a `LayerGate`.
     """
 
     def __init__(
@@ -156,64 +175,98 @@ class Adapter(nnx.LoRA):
         dtype: Any,
         param_dtype: Any,
         rngs: nnx.Rngs,
+        lead: tuple[int, ...] = (),
+        active: tuple[bool, ...] | None = None,
     ):
-        in_features = math.prod(weight_shape[:contract])
-        out_features = math.prod(weight_shape[contract:])
-        super().__init__(
-            in_features,
-            rank,
-            out_features,
-            dtype=dtype,
-            param_dtype=param_dtype,
-            # PEFT's kaiming_uniform(a=sqrt(5)) on [r, in]: U(-1/sqrt(in), 1/sqrt(in)).
-            a_initializer=jax.nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
-            b_initializer=jax.nn.initializers.zeros,
-            rngs=rngs,
-            a_metadata={"out_sharding": (names[0], None), "eager_sharding": False},
-            b_metadata={"out_sharding": (None, names[1]), "eager_sharding": False},
+        self.in_features = math.prod(weight_shape[:contract])
+        self.out_features = math.prod(weight_shape[contract:])
+        layer_names = ("layers",) * len(lead)
+        bound = 1.0 / math.sqrt(self.in_features)  # PEFT's kaiming_uniform(a=sqrt(5)) on [r, in]
+        a = jax.random.uniform(
+            rngs.params(), (*lead, self.in_features, rank), jnp.float32, -bound, bound
+        )
+        self.lora_a = nnx.LoRAParam(
+            a.astype(param_dtype),
+            out_sharding=(*layer_names, names[0], None),
+            eager_sharding=False,
+        )
+        self.lora_b = nnx.LoRAParam(
+            jnp.zeros((*lead, rank, self.out_features), param_dtype),
+            out_sharding=(*layer_names, None, names[1]),
+            eager_sharding=False,
+        )
+        if active is not None and (len(lead) != 1 or len(active) != lead[0]):
+            raise ValueError(f"Adapter: active {active} does not match the layer axis {lead}")
+        self.active = None if active is None or all(active) else tuple(bool(x) for x in active)
+        self.gate = (
+            None
+            if self.active is None
+            else LayerGate(
+                jnp.asarray(self.active, jnp.float32),
+                out_sharding=layer_names,
+                eager_sharding=False,
+            )
         )
         self.contract = contract
         self.weight_shape = tuple(weight_shape)
         self.out_shape = tuple(weight_shape[contract:])
         self.scale = float(scale)
+        self.dtype = dtype
 
-    def __call__(self, x: Array) -> Array:  # type: ignore[override]
+    def __call__(self, x: Array) -> Array:
+        """Applies one layer's adapter (inside the decoder's scan the parameters are 2-D)."""
+        if len(self.lora_a.shape) != 2:
+            raise ValueError(
+                f"Adapter: call one layer's slice (A is {self.lora_a.shape}; the decoder's "
+                "scan slices the stack)"
+            )
         lead = x.shape[: x.ndim - self.contract]
         x_rn = x.reshape(-1, self.in_features).astype(self.dtype)
-        z_rr = jnp.matmul(x_rn, self.lora_a[...].astype(self.dtype)) * jnp.asarray(
-            self.scale, self.dtype
-        )
+        scale = jnp.asarray(self.scale, self.dtype)
+        if self.gate is not None:
+            scale = scale * self.gate[...].astype(self.dtype)
+        z_rr = jnp.matmul(x_rn, self.lora_a[...].astype(self.dtype)) * scale
         y_rn = jnp.matmul(z_rr, self.lora_b[...].astype(self.dtype))
         return y_rn.reshape(*lead, *self.out_shape)
 
     def delta(self) -> Array:
-        """``scale * A B`` reshaped to the weight's ``[in..., out...]`` (float32)."""
+        """``scale * A B`` reshaped to ``[*lead, in..., out...]`` (float32; gated layers 0)."""
         a = self.lora_a[...].astype(jnp.float32)
         b = self.lora_b[...].astype(jnp.float32)
-        return (self.scale * jnp.matmul(a, b, precision="highest")).reshape(self.weight_shape)
+        d = self.scale * jnp.matmul(a, b, precision="highest")
+        if self.gate is not None:
+            d = d * self.gate[...].astype(jnp.float32)[:, None, None]
+        return d.reshape(*a.shape[:-2], *self.weight_shape)
 
 
 def _projection_modules(model: CausalLM | ScoreModel) -> list[tuple[str, nnx.Module]]:
-    """``(PEFT module prefix, attention or MLP module)`` of every layer."""
-    out = []
-    for i, block in enumerate(model.model.layers):
-        out.append((f"model.layers.{i}.self_attn", block.self_attn))
-        out.append((f"model.layers.{i}.mlp", block.mlp))
-    return out
+    """``(PEFT module kind, stacked attention or MLP module)`` of the decoder's block stack."""
+    block = model.model.layers
+    return [("self_attn", block.self_attn), ("mlp", block.mlp)]
 
 
 def _targets_of(module: nnx.Module) -> tuple[str, ...]:
     return ATTENTION_TARGETS if isinstance(module, Attention) else MLP_TARGETS
 
 
+def _adapters_by_layer(model: CausalLM | ScoreModel) -> list[tuple[str, Adapter, int]]:
+    """``(PEFT module name, stacked adapter, layer)`` of every adapted projection, layer-major."""
+    out = []
+    for i in range(model.config.num_hidden_layers):
+        for kind, module in _projection_modules(model):
+            adapters = getattr(module, "lora", None)
+            for name in _targets_of(module):
+                if adapters is None or name not in adapters:
+                    continue
+                adapter = adapters[name]
+                if adapter.active is None or adapter.active[i]:
+                    out.append((f"model.layers.{i}.{kind}.{name}", adapter, i))
+    return out
+
+
 def adapted_names(model: CausalLM | ScoreModel) -> list[str]:
     """PEFT module names (``model.layers.0.self_attn.q_proj``) that carry an adapter."""
-    return [
-        f"{prefix}.{name}"
-        for prefix, module in _projection_modules(model)
-        for name in _targets_of(module)
-        if getattr(module, "lora", None) is not None and name in module.lora
-    ]
+    return [name for name, _, _ in _adapters_by_layer(model)]
 
 
 def has_adapters(model: nnx.Module) -> bool:
@@ -240,14 +293,18 @@ def add_lora(
     if config.param_dtype not in dtypes:
         raise ValueError(f"LoRAConfig: param_dtype must be one of {sorted(dtypes)}")
     count = 0
-    for prefix, module in _projection_modules(model):
+    n_layers = model.config.num_hidden_layers
+    for kind, module in _projection_modules(model):
         adapters = {}
         for name in _targets_of(module):
-            if not config.matches(f"{prefix}.{name}"):
+            active = tuple(
+                config.matches(f"model.layers.{i}.{kind}.{name}") for i in range(n_layers)
+            )
+            if not any(active):
                 continue
             contract, in_name, out_name = _LAYOUT[name]
             adapters[name] = Adapter(
-                getattr(module, name).shape,
+                getattr(module, name).shape[1:],
                 contract=contract,
                 names=(in_name, out_name),
                 rank=config.rank,
@@ -255,6 +312,8 @@ def add_lora(
                 dtype=module.dtype,
                 param_dtype=dtypes[config.param_dtype],
                 rngs=rngs,
+                lead=(n_layers,),
+                active=active,
             )
         if adapters:
             module.lora = nnx.Dict(adapters)
@@ -269,7 +328,7 @@ def add_lora(
 def _place(model: nnx.Module, mesh: Mesh) -> None:
     from safedpo_jax.sharding import state_shardings
 
-    state = nnx.state(model, nnx.LoRAParam)
+    state = nnx.state(model, nnx.Any(nnx.LoRAParam, LayerGate))
     placed = jax.tree.map(lambda x, s: jax.device_put(x, s), state, state_shardings(state, mesh))
     nnx.update(model, placed)
 
@@ -304,7 +363,7 @@ def merged(model: CausalLM | ScoreModel) -> CausalLM | ScoreModel:
     result is an ordinary model (`safedpo_jax.models.save_pretrained` writes it).
     """
     out = nnx.clone(model)
-    for _, module in _projection_modules(out):
+    for _, module in _projection_modules(out):  # stacked: [L, ...] weights and deltas
         adapters = getattr(module, "lora", None)
         if adapters is None:
             continue
@@ -360,15 +419,15 @@ def lora_config_of(model: CausalLM | ScoreModel) -> LoRAConfig:
     if not names:
         raise ValueError("the model carries no LoRA adapters")
     first = _adapter(model, names[0])
-    rank = first.lora_a.shape[1]
+    rank = first.lora_a.shape[-1]
     targets = tuple(sorted({n.rsplit(".", 1)[-1] for n in names}, key=DEFAULT_TARGETS.index))
     return LoRAConfig(rank=rank, alpha=first.scale * rank, targets=targets)
 
 
 def _adapter(model: CausalLM | ScoreModel, module_name: str) -> Adapter:
-    prefix, name = module_name.rsplit(".", 1)
-    modules = dict(_projection_modules(model))
-    return modules[prefix].lora[name]
+    """The stacked adapter that holds PEFT module ``module_name``'s layer."""
+    kind, name = module_name.split(".")[-2:]
+    return dict(_projection_modules(model))[kind].lora[name]
 
 
 def save_peft_adapter(
@@ -391,11 +450,14 @@ def save_peft_adapter(
         if not math.isclose(_adapter(model, name).scale, config.scale, rel_tol=1e-6):
             raise ValueError(f"save_peft_adapter: {name} has a scale other than config's")
     tensors = {}
-    for name in adapted_names(model):
-        adapter = _adapter(model, name)
+    host: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # one gather per stacked adapter
+    for name, adapter, i in _adapters_by_layer(model):
+        if id(adapter) not in host:
+            host[id(adapter)] = (_gather(adapter.lora_a[...]), _gather(adapter.lora_b[...]))
+        a, b = host[id(adapter)]
         key = f"{_PEFT_PREFIX}{name}"
-        tensors[f"{key}.lora_A.weight"] = np.ascontiguousarray(_gather(adapter.lora_a[...]).T)
-        tensors[f"{key}.lora_B.weight"] = np.ascontiguousarray(_gather(adapter.lora_b[...]).T)
+        tensors[f"{key}.lora_A.weight"] = np.ascontiguousarray(a[i].T)
+        tensors[f"{key}.lora_B.weight"] = np.ascontiguousarray(b[i].T)
     out = Path(path)
     if jax.process_index() == 0:
         out.mkdir(parents=True, exist_ok=True)
@@ -466,20 +528,26 @@ def load_peft_adapter(
     with safe_open(file, framework="numpy") as f:
         keys = set(f.keys())
         expected = set()
-        for name in adapted_names(model):
-            adapter = _adapter(model, name)
+        # per stacked variable: a host copy filled layer by layer, placed once at the end
+        host: dict[int, tuple[nnx.Variable, np.ndarray]] = {}
+        for name, adapter, i in _adapters_by_layer(model):
             for part, var in (("A", adapter.lora_a), ("B", adapter.lora_b)):
                 key = f"{_PEFT_PREFIX}{name}.lora_{part}.weight"
                 expected.add(key)
                 if key not in keys:
                     raise ValueError(f"{file}: missing tensor {key}")
                 value = f.get_tensor(key).T
-                if value.shape != var.shape:
+                if value.shape != var.shape[1:]:
                     raise ValueError(
-                        f"{file}: {key} has shape {value.shape[::-1]}, expected {var.shape[::-1]}"
+                        f"{file}: {key} has shape {value.shape[::-1]}, "
+                        f"expected {var.shape[1:][::-1]}"
                     )
-                current = var[...]
-                var[...] = jax.device_put(value.astype(current.dtype), current.sharding)
+                if id(var) not in host:
+                    host[id(var)] = (var, np.zeros(var.shape, np.dtype(var[...].dtype)))
+                host[id(var)][1][i] = value
+        for var, stacked in host.values():
+            current = var[...]
+            var[...] = jax.device_put(stacked, current.sharding)
     unused = sorted(keys - expected)
     if unused:
         raise ValueError(f"{file}: tensors not matching any adapter, e.g. {unused[0]}")
@@ -499,21 +567,36 @@ def base_fingerprint(model: nnx.Module) -> dict[str, list[float]]:
     """``{path: [sum, sum of squares]}`` of every frozen (non-adapter) `nnx.Param`.
 
     Sums are float32 on device: checkpoints of adapters carry this to check on resume that
-    the base is the one they were trained on (`check_base_fingerprint`).
+    the base is the one they were trained on (`check_base_fingerprint`). The decoder's
+    stacked block weights get one entry per layer under their per-layer path
+    (``model.layers.3.mlp.up_proj``), so fingerprints do not depend on the layout.
     """
     state = nnx.state(model, nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam)))
-    stats = jax.jit(
-        lambda s: jax.tree.map(
-            lambda x: jnp.stack(
-                [jnp.sum(x.astype(jnp.float32)), jnp.sum(jnp.square(x.astype(jnp.float32)))]
-            ),
-            s,
-        )
-    )(state)
+
+    def stats(path: tuple, x: Array) -> Array:
+        x = x.astype(jnp.float32)
+        axes = tuple(range(1 if _stacked(path) else 0, x.ndim))
+        return jnp.stack([jnp.sum(x, axis=axes), jnp.sum(jnp.square(x), axis=axes)], axis=-1)
+
+    flat = [(path, var.get_value()) for path, var in nnx.to_flat_state(state)]
+    values = jax.jit(lambda xs: [stats(p, x) for (p, _), x in zip(flat, xs, strict=True)])(
+        [x for _, x in flat]
+    )
     out = {}
-    for path, value in nnx.to_flat_state(stats):
-        out[".".join(map(str, path))] = [float(v) for v in np.asarray(value.get_value())]
+    for (path, _), value in zip(flat, values, strict=True):
+        value = np.asarray(value)
+        if _stacked(path):
+            rest = ".".join(map(str, path[2:]))
+            for i, row in enumerate(value):
+                out[f"model.layers.{i}.{rest}"] = [float(v) for v in row]
+        else:
+            out[".".join(map(str, path))] = [float(v) for v in value]
     return out
+
+
+def _stacked(path: tuple) -> bool:
+    """Whether a state path is in the decoder's stacked blocks (leading layer axis)."""
+    return len(path) > 2 and path[0] == "model" and path[1] == "layers"
 
 
 def check_base_fingerprint(

@@ -1,9 +1,9 @@
 """How a model is built and carried: `ModelOptions` (numerics and memory) and `Model` (a handle).
 
-`ModelOptions` gathers the five settings every model constructor takes (compute and
-parameter dtype, rematerialisation, attention implementation, matmul precision), so they
-travel as one frozen value from the command line to `from_pretrained` / `init_model`
-instead of five loose arguments through every signature.
+`ModelOptions` gathers the six settings every model constructor takes (compute and
+parameter dtype, rematerialisation, attention implementation, matmul precision, scanned or
+unrolled layers), so they travel as one frozen value from the command line to
+`from_pretrained` / `init_model` instead of loose arguments through every signature.
 
 `Model` is a model split for `jax.jit`: its static graph, its trainable `nnx.Param` state
 and the rest (buffers). It is a pytree whose graph is static metadata, so a step can take
@@ -37,6 +37,9 @@ class ModelOptions:
     attention_impl: None (XLA's attention) or "cudnn" (flash attention on NVIDIA GPUs).
     precision: matmul precision for float32 ("highest" keeps GPU/TPU log-probs equal to the
       CPU's; None leaves the backend default, TF32 on NVIDIA GPUs).
+    scan_layers: apply the stacked decoder blocks with `jax.lax.scan` (True: compile time
+      flat in depth) or a Python loop over the same stack (False: the same parameters and
+      numbers, compile time growing with depth).
 
     >>> ModelOptions(dtype="bfloat16").kwargs()["dtype"]
     <class 'jax.numpy.bfloat16'>
@@ -47,6 +50,7 @@ class ModelOptions:
     remat: bool | str = False
     attention_impl: str | None = None
     precision: str | None = "highest"
+    scan_layers: bool = True
 
     def __post_init__(self) -> None:
         for name in ("dtype", "param_dtype"):
@@ -69,6 +73,7 @@ class ModelOptions:
             "remat": self.remat,
             "attention_impl": None if self.attention_impl == "xla" else self.attention_impl,
             "precision": self.precision,
+            "scan_layers": self.scan_layers,
         }
 
 

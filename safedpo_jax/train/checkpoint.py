@@ -42,6 +42,25 @@ class CheckpointMismatch(RuntimeError):
     """A readable checkpoint holds another state layout than this run's (another run)."""
 
 
+def _unstacked_layers(tree: Any, path: tuple[str, ...] = ()) -> str | None:
+    """The path of a per-layer ``layers/0, layers/1, ...`` subtree (the v0.1 layout), or None.
+
+    The decoder now keeps its blocks stacked on a leading layer axis (``layers/mlp/...``
+    of shape ``[L, ...]``); checkpoints written before hold one subtree per layer.
+    """
+    if not isinstance(tree, dict):
+        return None
+    for key, child in tree.items():
+        here = (*path, str(key))
+        layered = str(key) == "layers" and isinstance(child, dict) and child
+        if layered and all(str(k).isdigit() for k in child):
+            return "/".join(here)
+        found = _unstacked_layers(child, here)
+        if found is not None:
+            return found
+    return None
+
+
 def _layout(tree: Any) -> list[tuple[tuple[int, ...], str]]:
     """The sorted ``(shape, dtype)`` of every array leaf of ``tree``."""
     leaves = jax.tree.leaves(tree, is_leaf=lambda x: hasattr(x, "shape"))
@@ -139,6 +158,15 @@ class Checkpointer:
             except Exception:  # noqa: BLE001 - unreadable metadata: restore decides below
                 on_disk = None
             if on_disk is not None and on_disk != expected:
+                old = _unstacked_layers(self._manager.item_metadata(step)["state"].tree)
+                if old is not None:
+                    raise CheckpointMismatch(
+                        f"checkpoint {self.directory / str(step)} has the unstacked per-layer "
+                        f"layout of safedpo_jax v0.1 ({old}/0, {old}/1, ...), which this "
+                        "version (blocks stacked on a layer axis) cannot resume: finish or "
+                        "export that run with v0.1 (HF / PEFT exports load here), or start "
+                        "a fresh output directory; nothing was moved"
+                    )
                 raise CheckpointMismatch(
                     f"checkpoint {self.directory / str(step)} is readable but holds another "
                     f"state ({len(on_disk)} arrays, this run has {len(expected)}, or other "

@@ -102,6 +102,12 @@ class TrainConfig:
     attention_impl: str | None = _option(
         None, "model", "none (XLA attention) or cudnn (flash attention on NVIDIA GPUs)"
     )
+    scan_layers: bool = _option(
+        True,
+        "model",
+        "apply the stacked decoder blocks with jax.lax.scan (compile time flat in depth); "
+        "false: a Python loop over them (same numbers)",
+    )
     # LoRA (safedpo_jax.train.lora)
     lora_rank: int = _option(
         0, "lora", "adapter rank; 0 trains every weight (no adapters) unless --lora-adapter"
@@ -149,6 +155,13 @@ class TrainConfig:
     )
     max_length: int = _option(
         512, "data", "prompt + response tokens; longer pairs keep the start (and are counted)"
+    )
+    pack_length: int = _option(
+        0,
+        "data",
+        "padding-free packing (preference objective): the row length in tokens that "
+        "sequences are packed into, with attention confined to each sequence; 0: padded "
+        "[B, 2, T] batches. Must be >= max_length (every sequence fits, none is dropped)",
     )
     template: Template = _option(
         "safe_rlhf",
@@ -313,6 +326,15 @@ class TrainConfig:
                 f"micro_batches ({self.micro_batches}) must divide batch_size ({self.batch_size})",
             ),
             (self.max_length > 1, f"max_length must be > 1, got {self.max_length}"),
+            (
+                self.pack_length == 0 or self.pack_length >= self.max_length,
+                f"pack_length ({self.pack_length}) must be 0 (off) or >= max_length "
+                f"({self.max_length}), so that every sequence fits a row",
+            ),
+            (
+                self.pack_length == 0 or self.objective == "preference",
+                f"pack_length (packing) applies to --objective preference, not {self.objective}",
+            ),
             (self.save_every > 0, f"save_every must be positive, got {self.save_every}"),
             (self.log_every > 0, f"log_every must be positive, got {self.log_every}"),
             (self.keep_checkpoints > 0, "keep_checkpoints must be positive"),

@@ -21,13 +21,13 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from safedpo_jax import models
-from safedpo_jax.logprobs import sequence_logps
 from safedpo_jax.models import Model, ModelOptions, lora
 from safedpo_jax.models.config import FAMILY_CLASS_PREFIX
 from safedpo_jax.models.hf import resolve
 from safedpo_jax.train import step as steps
 from safedpo_jax.train.config import TrainConfig
 from safedpo_jax.train.objectives import Objective, StepBatch, build_objective
+from safedpo_jax.train.objectives.preference import batch_logps
 from safedpo_jax.train.optim import learning_rate_schedule, make_optimizer
 
 
@@ -66,6 +66,7 @@ def model_options(config: TrainConfig) -> ModelOptions:
         param_dtype=config.param_dtype,
         remat=config.remat,
         attention_impl=config.attention_impl,
+        scan_layers=config.scan_layers,
     )
 
 
@@ -194,15 +195,15 @@ class StepSetup:
     def reference_logps(self) -> Callable[[Model, StepBatch], jax.Array]:
         """Jitted ``(reference, batch) -> [B, 2]`` float32 log-probs (for cached references).
 
-        The same `safedpo_jax.logprobs.sequence_logps` path (and chunk size) as the
+        The same log-prob path (`batch_logps`: padded or packed, same chunk size) as the
         in-step reference, so cached and in-step log-probs agree.
         """
         chunk = self.config.logprob_chunk_size
 
         @jax.jit
         def fn(reference: Model, batch: StepBatch) -> jax.Array:
-            args = (batch.input_ids, batch.attention_mask, batch.loss_mask)
-            return sequence_logps(reference, *args, chunk_size=chunk)
+            # padded or packed (`--pack-length`) batches: [B, 2] in pair order either way
+            return batch_logps(reference, batch, chunk)
 
         return fn
 

@@ -125,12 +125,13 @@ def test_forward_equals_merged_weights_and_split_holds_only_adapters():
     assert not lora.has_adapters(flat) and lora.has_adapters(model)
     np.testing.assert_allclose(run(flat, ids, mask), adapted, rtol=1e-4, atol=1e-4)
     # the merged weight is W + (alpha / r) A B
-    q = model.model.layers[0].self_attn
-    a, b = np.asarray(q.lora["q_proj"].lora_a[...]), np.asarray(q.lora["q_proj"].lora_b[...])
-    w = np.asarray(q.q_proj[...])
+    # (stacked: layer 1 of [L, in, r] and [L, r, out])
+    q = model.model.layers.self_attn
+    a, b = np.asarray(q.lora["q_proj"].lora_a[...][1]), np.asarray(q.lora["q_proj"].lora_b[...][1])
+    w = np.asarray(q.q_proj[...][1])
     expected = w + 2.0 * (a @ b).reshape(w.shape)
     np.testing.assert_allclose(
-        np.asarray(flat.model.layers[0].self_attn.q_proj[...]), expected, rtol=1e-5, atol=1e-6
+        np.asarray(flat.model.layers.self_attn.q_proj[...][1]), expected, rtol=1e-5, atol=1e-6
     )
     split = lora.split(model)
     kinds = {type(v) for _, v in nnx.to_flat_state(split.params)}
@@ -159,13 +160,12 @@ def test_adapters_shard_like_their_weights_and_give_the_same_logits():
             nnx.state(sharded, nnx.LoRAParam),
         ),
     )
-    attn = sharded.model.layers[0].self_attn
-    assert attn.lora["q_proj"].lora_a[...].sharding.spec == jax.sharding.PartitionSpec("fsdp", None)
-    assert attn.lora["q_proj"].lora_b[...].sharding.spec == jax.sharding.PartitionSpec(
-        None, "tensor"
-    )
+    attn = sharded.model.layers.self_attn  # [L, in, r] and [L, r, out]: layers unsharded
+    P = jax.sharding.PartitionSpec
+    assert attn.lora["q_proj"].lora_a[...].sharding.spec == P(None, "fsdp", None)
+    assert attn.lora["q_proj"].lora_b[...].sharding.spec == P(None, None, "tensor")
     o_spec = attn.lora["o_proj"].lora_a[...].sharding.spec
-    assert o_spec == jax.sharding.PartitionSpec("tensor", None)
+    assert o_spec == P(None, "tensor", None)
     with jax.set_mesh(mesh):
         got = run(sharded, ids, mask)
     np.testing.assert_allclose(got, run(plain, ids, mask), rtol=1e-5, atol=1e-5)
@@ -265,3 +265,47 @@ def test_base_fingerprint_tells_bases_apart():
     b = init_model(CONFIG, rngs=nnx.Rngs(5))
     with pytest.raises(ValueError, match="base model differs"):
         lora.check_base_fingerprint(fp, lora.base_fingerprint(b))
+
+
+def test_a_regex_over_some_layers_gates_the_others_off_in_every_path(tmp_path):
+    # Stacked adapters hold a slice for every layer; a regex selecting layer 1 only must
+    # leave layer 0 unadapted in the forward, the merge, the gradient and the PEFT file.
+    model = init_model(CONFIG, rngs=nnx.Rngs(0))
+    ids, mask = ids_mask()
+    base = run(model, ids, mask)
+    cfg = lora.LoRAConfig(rank=2, alpha=2.0, targets=r"model\.layers\.1\.self_attn\.q_proj")
+    lora.add_lora(model, cfg, rngs=nnx.Rngs(1))
+    adapter = model.model.layers.self_attn.lora["q_proj"]
+    assert adapter.active == (False, True) and adapter.lora_a.shape == (2, 16, 2)
+    randomize_adapters(model, std=1.0)  # layer 0's slice too: it must not count
+    adapted = run(model, ids, mask)
+    assert np.abs(adapted - base).max() > 1e-3  # one projection of one layer: a small change
+    # the same adapter with layer 0's slice zeroed gives the same logits
+    zeroed = nnx.clone(model)
+    z = zeroed.model.layers.self_attn.lora["q_proj"]
+    z.lora_b[...] = z.lora_b[...].at[0].set(0.0)
+    np.testing.assert_array_equal(run(zeroed, ids, mask), adapted)
+    flat = lora.merged(model)
+    np.testing.assert_allclose(run(flat, ids, mask), adapted, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(  # layer 0's weight is untouched by the merge
+        np.asarray(flat.model.layers.self_attn.q_proj[...][0]),
+        np.asarray(model.model.layers.self_attn.q_proj[...][0]),
+    )
+    split = lora.split(model)
+
+    def loss(params):
+        return jnp.sum(split.with_params(params).merge()(ids, mask) ** 2)
+
+    grads = jax.grad(loss)(split.params)
+    g = grads["model"]["layers"]["self_attn"]["lora"]["q_proj"]
+    assert not np.any(np.asarray(g["lora_a"][...][0])) and np.any(np.asarray(g["lora_a"][...][1]))
+    lora.save_peft_adapter(model, tmp_path / "a", config=cfg)
+    from safetensors.numpy import load_file
+
+    keys = sorted(load_file(tmp_path / "a" / "adapter_model.safetensors"))
+    assert keys == [
+        "base_model.model.model.layers.1.self_attn.q_proj.lora_A.weight",
+        "base_model.model.model.layers.1.self_attn.q_proj.lora_B.weight",
+    ]
+    back, _ = lora.load_peft_adapter(init_model(CONFIG, rngs=nnx.Rngs(0)), tmp_path / "a")
+    np.testing.assert_array_equal(run(back, ids, mask), adapted)

@@ -51,7 +51,7 @@ def _grads(model, ids, mask):
 
 def test_bf16_compute_over_fp32_params_is_close_to_fp32(model):
     fp32, bf16 = model, _variant(model, dtype=jnp.bfloat16)
-    assert bf16.model.layers[0].mlp.up_proj[...].dtype == jnp.float32
+    assert bf16.model.layers.mlp.up_proj[...].dtype == jnp.float32
     want, got = _forward(fp32, IDS, MASK), _forward(bf16, IDS, MASK)
     assert got.dtype == jnp.float32  # bf16 compute, float32 logits from the head
     real = np.asarray(MASK, bool)
@@ -67,8 +67,13 @@ def test_remat_gives_identical_logits_and_gradients(model, remat):
     plain, rematted = model, _variant(model, remat=remat)
     np.testing.assert_array_equal(_forward(rematted, IDS, MASK), _forward(plain, IDS, MASK))
     want, got = _grads(plain, IDS, MASK), _grads(rematted, IDS, MASK)
+    # Inside the layer scan XLA fuses the rematerialised forward differently, so gradients
+    # differ by float32 rounding (here up to 1.1e-6). The tolerance comes from the float64
+    # truth (experiments/benchmarks/float32_error.py, perf_logs/float32_error.json): plain
+    # and remat float32 gradients are each 1.4e-5 to 1.5e-5 from float64 (gradients up to
+    # 13), and 3.1e-6 from one another; atol 1e-5 stays below float32's own error.
     for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
-        np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6, rtol=1e-6)
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-5, rtol=1e-6)
 
 
 def test_remat_under_plain_jax_grad_beside_a_frozen_copy(model):
@@ -88,8 +93,8 @@ def test_remat_under_plain_jax_grad_beside_a_frozen_copy(model):
     want = grads(model)
     for remat in (True, "dots_with_no_batch_dims_saveable"):
         got = grads(_variant(model, remat=remat))
-        for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
-            np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6, rtol=1e-6)
+        for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):  # as above
+            np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-5, rtol=1e-6)
 
 
 def test_padding_is_finite_and_does_not_leak(model):

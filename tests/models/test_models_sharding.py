@@ -18,13 +18,14 @@ MESHES = {
 # Expected specs on the data2-fsdp2-tensor2 mesh (qwen2: 4 heads, 2 kv heads, tied).
 SPECS_222 = {
     "model.embed_tokens": P("tensor", "fsdp"),
-    "model.layers.0.self_attn.q_proj": P("fsdp", "tensor", None),
-    "model.layers.0.self_attn.k_proj": P("fsdp", "tensor", None),
-    "model.layers.0.self_attn.q_bias": P("tensor", None),
-    "model.layers.0.self_attn.o_proj": P("tensor", None, "fsdp"),
-    "model.layers.0.mlp.gate_proj": P("fsdp", "tensor"),
-    "model.layers.0.mlp.down_proj": P("tensor", "fsdp"),
-    "model.layers.1.input_layernorm.scale": P(None),
+    # the blocks are stacked on a leading, replicated layer axis
+    "model.layers.self_attn.q_proj": P(None, "fsdp", "tensor", None),
+    "model.layers.self_attn.k_proj": P(None, "fsdp", "tensor", None),
+    "model.layers.self_attn.q_bias": P(None, "tensor", None),
+    "model.layers.self_attn.o_proj": P(None, "tensor", None, "fsdp"),
+    "model.layers.mlp.gate_proj": P(None, "fsdp", "tensor"),
+    "model.layers.mlp.down_proj": P(None, "tensor", "fsdp"),
+    "model.layers.input_layernorm.scale": P(None, None),
 }
 
 
@@ -65,11 +66,11 @@ def test_sharded_load_matches_unsharded(mesh_name, qwen2_checkpoint):
     if mesh_name == "data2-fsdp2-tensor2":
         for name, spec in SPECS_222.items():
             assert sharded_params[name].sharding.spec == spec, name
-        q = sharded_params["model.layers.0.self_attn.q_proj"]
-        assert q.addressable_shards[0].data.shape == (16, 2, 8)  # a slice, not the whole
+        q = sharded_params["model.layers.self_attn.q_proj"]
+        assert q.addressable_shards[0].data.shape == (2, 16, 2, 8)  # a slice, not the whole
     if mesh_name == "fsdp2-tensor4":  # 2 kv heads do not split 4 ways: replicated there
-        assert sharded_params["model.layers.0.self_attn.k_proj"].sharding.spec == P(
-            "fsdp", None, None
+        assert sharded_params["model.layers.self_attn.k_proj"].sharding.spec == P(
+            None, "fsdp", None, None
         )
     ids, mask = batches()["left"]
     ids, mask = np.tile(ids, (3, 1))[:8], np.tile(mask, (3, 1))[:8]  # B=8 splits on any mesh
@@ -89,7 +90,7 @@ def test_sharded_init_matches_unsharded():
     plain = _flat(init_model(config, rngs=nnx.Rngs(0)))
     sharded = _flat(init_model(config, rngs=nnx.Rngs(0), mesh=mesh))
     assert sharded["lm_head"].sharding.spec == P("fsdp", "tensor")
-    assert sharded["model.layers.0.self_attn.q_norm.scale"].sharding.spec == P(None)
+    assert sharded["model.layers.self_attn.q_norm.scale"].sharding.spec == P(None, None)
     for name, value in plain.items():
         np.testing.assert_array_equal(np.asarray(sharded[name]), np.asarray(value), name)
 

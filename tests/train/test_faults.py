@@ -81,6 +81,41 @@ def test_a_readable_checkpoint_of_another_layout_is_refused_not_called_damaged(t
     other.close()
 
 
+def test_a_v01_checkpoint_with_per_layer_blocks_is_refused_with_what_to_do(tmp_path):
+    # v0.1 kept one subtree per decoder layer (params/model/layers/0/...); the decoder now
+    # stacks them ([L, ...] under params/model/layers/...). Build both layouts from one
+    # tiny model's parameters: the old one must be refused with a one-line explanation.
+    import jax
+    from flax import nnx
+
+    from safedpo_jax.models import DecoderConfig, init_model
+
+    config = DecoderConfig(
+        vocab_size=32, hidden_size=8, intermediate_size=16, num_hidden_layers=2,
+        num_attention_heads=2,
+    )  # fmt: skip
+    stacked = nnx.to_pure_dict(nnx.state(init_model(config, rngs=nnx.Rngs(0)), nnx.Param))
+    layers = stacked["model"]["layers"]
+    old = {
+        **stacked,
+        "model": {
+            **stacked["model"],
+            "layers": {i: jax.tree.map(lambda x, i=i: x[i], layers) for i in range(2)},
+        },
+    }
+    ckpt = Checkpointer(tmp_path / "ck", save_every=1, keep=3)
+    ckpt.save(1, {"params": old}, {"step": 1}, force=True)
+    ckpt.close()
+    again = Checkpointer(tmp_path / "ck", save_every=1, keep=3)
+    with pytest.raises(CheckpointMismatch) as info:
+        again.restore_latest(abstract_like({"params": stacked}))
+    text = str(info.value)
+    assert "\n" not in text and "unstacked per-layer layout" in text
+    assert "params/model/layers/0" in text and "v0.1" in text
+    assert again.steps() == [1] and not (tmp_path / "ck" / "damaged").exists()
+    again.close()
+
+
 def test_a_torn_last_metrics_line_is_dropped_on_resume(tmp_path):
     log = MetricsLog(tmp_path, enabled=True, tensorboard=False)
     log.write(1, {"loss": 0.5})

@@ -85,8 +85,8 @@ def test_sharded_step_equals_single_device_and_keeps_rule_shardings(tmp_path):
 
     # Parameters sit where the logical-axis rules put them, and Adam's moments with them.
     params = many.state.params
-    mlp = params["model"]["layers"][0]["mlp"]["gate_proj"]
-    assert mlp.get_value().sharding.spec == P("fsdp", "tensor")
+    mlp = params["model"]["layers"]["mlp"]["gate_proj"]  # stacked: [L, D, F], layers unsharded
+    assert mlp.get_value().sharding.spec == P(None, "fsdp", "tensor")
     embed = params["model"]["embed_tokens"]
     assert embed.get_value().sharding.spec[1] == "fsdp"
     for (path, p), (_, mu) in zip(

@@ -13,6 +13,7 @@ from jax.sharding import Mesh
 
 from safedpo_jax import sharding
 from safedpo_jax.data import DataSummary, PairBatch, SFTBatch
+from safedpo_jax.data.batches import pack_pair_groups, round_rows, rows_needed
 from safedpo_jax.models import Model
 from safedpo_jax.train.config import TrainConfig
 
@@ -41,6 +42,80 @@ class StepBatch:
     unsafe: Array
     valid: Array
     ref_logps: Array | None = None
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class PackedStepBatch:
+    """A global batch of pairs packed padding-free (`--pack-length`), in ``G`` groups.
+
+    Each group holds ``P`` consecutive pairs packed into ``R`` rows of ``L`` tokens
+    (`safedpo_jax.data.batches.pack_pair_groups`); the leading group axis is split over
+    ``("data", "fsdp")`` and over microbatches like a `StepBatch`'s pair axis.
+
+    input_ids, loss_mask, segment_ids: [G, R, L]; attention_mask: int32 [G, R, L], 1 on
+    real tokens (``segment_ids > 0``). pair_rows, pair_segments: int32 [G, P, 2], the row
+    (within the group) and segment of each slot. unsafe: bool [G, P, 2]; valid: bool
+    [G, P]; ref_logps: float32 [G, P, 2] or None.
+    """
+
+    input_ids: Array
+    attention_mask: Array
+    loss_mask: Array
+    segment_ids: Array
+    pair_rows: Array
+    pair_segments: Array
+    unsafe: Array
+    valid: Array
+    ref_logps: Array | None = None
+
+
+def pair_labels(batch: StepBatch | PackedStepBatch) -> tuple[Array, Array]:
+    """``(unsafe [N, 2], valid [N])`` of a padded or packed batch's pairs, in pair order."""
+    return batch.unsafe.reshape(-1, 2), batch.valid.reshape(-1)
+
+
+def pack_groups(mesh: Mesh, micro_batches: int) -> int:
+    """Groups per process: one per device of the batch axes per microbatch."""
+    local_shards = max(1, sharding.batch_shards(mesh) // jax.process_count())
+    return local_shards * micro_batches
+
+
+def packed_step_batch(
+    batch: PairBatch,
+    mesh: Mesh,
+    ref_logps: np.ndarray | None,
+    *,
+    row_length: int,
+    micro_batches: int,
+) -> PackedStepBatch:
+    """Packs a host `PairBatch` (this process's pairs) and places it as a `PackedStepBatch`.
+
+    The row count is the most any group needs, rounded up to a power of two and agreed
+    by all processes (the largest wins), so nothing is dropped.
+    """
+    groups = pack_groups(mesh, micro_batches)
+    rows = round_rows(rows_needed(batch, row_length, groups))
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        rows = int(np.max(multihost_utils.process_allgather(np.int32(rows))))
+    packed = pack_pair_groups(batch, row_length, groups, rows=rows)
+    put = functools.partial(sharding.to_global, mesh=mesh)
+    p = packed.valid.shape[1]
+    return PackedStepBatch(
+        input_ids=put(packed.input_ids.astype(np.int32)),
+        attention_mask=put(packed.attention_mask.astype(np.int32)),
+        loss_mask=put(packed.loss_mask.astype(bool)),
+        segment_ids=put(packed.segment_ids.astype(np.int32)),
+        pair_rows=put(packed.pair_rows.astype(np.int32)),
+        pair_segments=put(packed.pair_segments.astype(np.int32)),
+        unsafe=put(packed.unsafe.astype(bool)),
+        valid=put(packed.valid.astype(bool)),
+        ref_logps=None
+        if ref_logps is None
+        else put(np.asarray(ref_logps, np.float32).reshape(groups, p, 2)),
+    )
 
 
 @jax.tree_util.register_dataclass

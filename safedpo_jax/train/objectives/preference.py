@@ -13,33 +13,58 @@ from jax.sharding import Mesh
 
 from safedpo_jax import losses
 from safedpo_jax.data import PairBatch, applies_safety_transform, load_preference_data
-from safedpo_jax.logprobs import sequence_logps
+from safedpo_jax.logprobs import packed_pair_logps, sequence_logps
 from safedpo_jax.losses import LinkName
 from safedpo_jax.models import Model
 from safedpo_jax.train.config import TrainConfig
 from safedpo_jax.train.objectives.base import (
     ObjectiveDefaults,
+    PackedStepBatch,
     StepBatch,
     data_options,
+    packed_step_batch,
+    pair_labels,
     pair_step_batch,
 )
 
 Array = jax.Array
 
 
+def batch_logps(model: Model, batch: StepBatch | PackedStepBatch, chunk_size: int | None) -> Array:
+    """float32 ``[B, 2]`` summed log-probs of both slots of every pair, padded or packed.
+
+    A `PackedStepBatch` goes through `safedpo_jax.logprobs.packed_pair_logps` (attention
+    within each segment) and comes back in the same pair order as the padded layout.
+    """
+    if isinstance(batch, PackedStepBatch):
+        return packed_pair_logps(
+            model,
+            batch.input_ids,
+            batch.segment_ids,
+            batch.loss_mask,
+            batch.pair_rows,
+            batch.pair_segments,
+            chunk_size=chunk_size,
+        )
+    args = (batch.input_ids, batch.attention_mask, batch.loss_mask)
+    return sequence_logps(model, *args, chunk_size=chunk_size)
+
+
 def pair_logps(
-    policy: Model, reference: Model | None, batch: StepBatch, chunk_size: int | None
+    policy: Model,
+    reference: Model | None,
+    batch: StepBatch | PackedStepBatch,
+    chunk_size: int | None,
 ) -> tuple[Array, Array]:
     """float32 ``[B, 2]`` log-probs of both slots under the policy and the frozen reference.
 
     The reference's come from the batch when cached (``batch.ref_logps``), else from a
     forward pass of ``reference`` under `jax.lax.stop_gradient`.
     """
-    args = (batch.input_ids, batch.attention_mask, batch.loss_mask)
-    policy_logps = sequence_logps(policy, *args, chunk_size=chunk_size)
+    policy_logps = batch_logps(policy, batch, chunk_size)
     if batch.ref_logps is not None:
-        return policy_logps, batch.ref_logps
-    ref_logps = sequence_logps(reference, *args, chunk_size=chunk_size)
+        return policy_logps, batch.ref_logps.reshape(-1, 2)
+    ref_logps = batch_logps(reference, batch, chunk_size)
     return policy_logps, jax.lax.stop_gradient(ref_logps)
 
 
@@ -64,6 +89,9 @@ class PreferenceObjective(ObjectiveDefaults):
     keep_both_unsafe: keep both-unsafe pairs in the batches (the kernel zeroes them).
     length_normalize: divide each log-ratio by its completion's token count, as TRL's
       ``ipo`` does (the IPO paper and this library's default use summed log-probs).
+    pack_length: 0 for padded ``[B, 2, T]`` batches; else the row length of padding-free
+      packed batches (`PackedStepBatch`, one group per device and microbatch, hence
+      ``micro_batches``). The kernel and the losses are the same.
 
     The mean is over kept pairs of the global batch (valid and, when safe, not dropped by T).
     """
@@ -78,8 +106,12 @@ class PreferenceObjective(ObjectiveDefaults):
     chunk_size: int | None = None
     keep_both_unsafe: bool = False
     length_normalize: bool = False
+    pack_length: int = 0
+    micro_batches: int = 1
 
     def __post_init__(self) -> None:
+        if self.pack_length and self.length_normalize:
+            raise ValueError("length_normalize is not implemented with packing (pack_length)")
         if self.link not in LINKS:
             raise ValueError(f"unknown link {self.link!r}; one of {sorted(LINKS)}")
         if not self.beta > 0:
@@ -115,10 +147,10 @@ class PreferenceObjective(ObjectiveDefaults):
             rejected_lengths=None if lengths is None else lengths[:, 1],
         )
 
-    def denominator(self, batch: StepBatch) -> Array:
-        keep = batch.valid
+    def denominator(self, batch: StepBatch | PackedStepBatch) -> Array:
+        unsafe, keep = pair_labels(batch)
         if self.safe:
-            keep = keep & ~losses.safety_transform(batch.unsafe[:, 0], batch.unsafe[:, 1]).drop
+            keep = keep & ~losses.safety_transform(unsafe[:, 0], unsafe[:, 1]).drop
         return jnp.sum(keep).astype(jnp.float32)
 
     def forward(
@@ -133,13 +165,14 @@ class PreferenceObjective(ObjectiveDefaults):
         # TRL's length-normalised form: each log-ratio over its completion's token count
         # (the response and EOS: the loss-mask positions that are scored).
         lengths = jnp.sum(batch.loss_mask[..., 1:], axis=-1) if self.length_normalize else None
-        return self.kernel(policy_logps, ref_logps, batch.unsafe, batch.valid, lengths)
+        unsafe, valid = pair_labels(batch)
+        return self.kernel(policy_logps, ref_logps, unsafe, valid, lengths)
 
     def sums(
-        self, policy: Model, reference: Model | None, batch: StepBatch
+        self, policy: Model, reference: Model | None, batch: StepBatch | PackedStepBatch
     ) -> tuple[Array, dict[str, Array]]:
         out = self.forward(policy, reference, batch)
-        return out.losses.sum(), losses.metric_sums(out, batch.valid)
+        return out.losses.sum(), losses.metric_sums(out, pair_labels(batch)[1])
 
     def load_data(self, config: TrainConfig, tokenizer: Any, split: str):
         return load_preference_data(
@@ -151,6 +184,14 @@ class PreferenceObjective(ObjectiveDefaults):
         )
 
     def device_batch(self, host: PairBatch, mesh: Mesh, ref_logps: np.ndarray | None):
+        if self.pack_length:
+            return packed_step_batch(
+                host,
+                mesh,
+                ref_logps,
+                row_length=self.pack_length,
+                micro_batches=self.micro_batches,
+            )
         return pair_step_batch(host, mesh, ref_logps)
 
 
@@ -165,6 +206,8 @@ def build(config: TrainConfig) -> PreferenceObjective:
         chunk_size=config.logprob_chunk_size,
         keep_both_unsafe=config.keep_both_unsafe,
         length_normalize=config.length_normalize,
+        pack_length=config.pack_length,
+        micro_batches=config.micro_batches,
     )
 
 
