@@ -116,12 +116,15 @@ def _config(spec: dict[str, Any]) -> Any:
     model = runs / fields.pop("model_run") / "hf" if "model_run" in fields else reference
     ctx = ss.MethodContext(setup, out, reference, {})
     if spec["kind"] == "ppo":
-        return ss.saferlhf_ppo_config(
+        config = ss.saferlhf_ppo_config(
             ctx,
             spec["run"],
             runs / f"{spec['run']}_reward" / "hf",
             runs / f"{spec['run']}_cost" / "hf",
         )
+        if spec.get("ppo_epochs"):
+            config = dataclasses.replace(config, epochs=spec["ppo_epochs"])
+        return config
     if "pairs" in fields and model == reference and "beta" not in fields:
         config = ss.method_config(setup, out, reference, fields["pairs"], name=spec["run"])
     else:
@@ -235,6 +238,12 @@ def stage_rows(
                 for name, f in results[0]["compute"]["functions"].items()
             },
         }
+        functions = results[0]["compute"]["functions"]
+        row["steps"] = (
+            results[0]["compute"]["steps_run"]
+            if kind == "ppo"
+            else functions.get("train_step", {}).get("calls")
+        )
         if kind == "ppo":
             row["phases"] = ppo_phases(results)
             row["generated_tokens"] = results[0]["compute"]["generated_tokens"]
@@ -346,6 +355,20 @@ def _fmt_flops(value: float) -> str:
     return f"{value / 1e12:.3f}" if value >= 1e9 else f"{value / 1e12:.5f}"
 
 
+def render(payload: dict[str, Any]) -> str:
+    """The whole ``.md``: what was run, where, under what load, then `bill_markdown`."""
+    setup, m, load = payload["setup"], payload["machine"], payload["load_average"]
+    return (
+        f"Compute bill, {payload['budget']} budget (`synthetic_safety` world `{setup['world']}`,"
+        f" {setup['steps']} steps of {setup['batch_size']} pairs; PPO "
+        f"{payload.get('ppo_epochs', 1)} epoch(s) over the training prompts, "
+        f"{setup['batch_size']} prompts a step, {setup['max_new_tokens']} new tokens); "
+        f"{m['cpu']}, {m['cpus']} CPUs; load average {load['before'][0]:.1f} before, "
+        f"{', '.join(f'{x[0]:.1f}' for x in load['after_each_repeat'])} after each repeat; "
+        f"{payload['seconds']:.0f} s.\n\n" + bill_markdown(payload)
+    )
+
+
 def bill_markdown(payload: dict[str, Any]) -> str:
     """The bill as Markdown: per stage, per pipeline (ratios), then the paper's figures."""
     rows, totals, n = payload["stages"], payload["pipelines"], payload["repeats"]
@@ -353,35 +376,37 @@ def bill_markdown(payload: dict[str, Any]) -> str:
         f"Mean ± standard error over {n} repeats; FLOPs are XLA's counts of the calls that ran "
         "(TFLOP); peak RSS is the stage's own process (imports alone: "
         f"{payload['baseline_rss_mib']:.0f} MiB); XLA peak is the estimate for the stage's "
-        "largest compiled program.",
+        "largest compiled program. Ratios are to SafeDPO's: of the means, and (time) the "
+        "mean ± SE of the ratios paired by repeat.",
         "",
-        "| pipeline | stage | wall time (s) | TFLOP | peak RSS (MiB) | XLA peak (MiB) |",
-        "|---|---|---:|---:|---:|---:|",
+        "| pipeline | stage | steps | wall time (s) | TFLOP | peak RSS (MiB) | XLA peak (MiB) |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
+        steps = "" if row.get("steps") is None else row["steps"]
         lines.append(
-            f"| {row['pipeline']} | {row['stage']} | {_fmt_s(row['wall_s'])} "
+            f"| {row['pipeline']} | {row['stage']} | {steps} | {_fmt_s(row['wall_s'])} "
             f"| {_fmt_flops(row['flops']['mean'])} | {row['peak_rss_mib']['mean']:.0f} "
             f"| {row['xla_program_peak_mib']:.1f} |"
         )
         for phase, stats in row.get("phases", {}).items():
             lines.append(
-                f"| {row['pipeline']} | &nbsp;&nbsp;{PPO_PHASE_LABELS[phase]} "
+                f"| {row['pipeline']} | &nbsp;&nbsp;{PPO_PHASE_LABELS[phase]} | "
                 f"| {_fmt_s(stats['wall_s'])} | {_fmt_flops(stats['flops']['mean'])} | | |"
             )
     lines += [
         "",
-        "| pipeline | stages | wall time (s) | time ratio | TFLOP | FLOP ratio "
-        "| peak RSS (MiB) | RSS ratio |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| pipeline | stages | wall time (s) | time ratio | time ratio per repeat | TFLOP "
+        "| FLOP ratio | peak RSS (MiB) | RSS ratio |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, t in totals.items():
         r = t["ratio_to_safedpo"]
         per = t["time_ratio_per_repeat"]
         spread = "" if per["se"] is None else f" ± {per['se']:.2f}"
         lines.append(
-            f"| {name} | {len(t['stages'])} | {_fmt_s(t['wall_s'])} | {per['mean']:.2f}{spread} "
-            f"| {_fmt_flops(t['flops']['mean'])} | {r['flops']:.2f} "
+            f"| {name} | {len(t['stages'])} | {_fmt_s(t['wall_s'])} | {r['wall_s']:.2f} "
+            f"| {per['mean']:.2f}{spread} | {_fmt_flops(t['flops']['mean'])} | {r['flops']:.2f} "
             f"| {t['peak_rss_mib']['mean']:.0f} | {r['peak_rss_mib']:.2f} |"
         )
     est = payload["paper_estimates"]
@@ -511,8 +536,29 @@ def main(argv: list[str] | None = None) -> int:
         default=list(PIPELINES),
         help="bill only these pipelines (SafeDPO's always runs: the ratios' base)",
     )
+    parser.add_argument(
+        "--ppo-epochs",
+        type=int,
+        help="PPO's passes over the training prompts (default 1, as the comparison runs it: "
+        "fewer rollout steps than the preference methods' when the prompts run out)",
+    )
+    parser.add_argument(
+        "--name", default="compute_bill", help="the results files' stem (default compute_bill)"
+    )
+    parser.add_argument(
+        "--render", type=Path, help="rewrite the .md and .png of a recorded bill's JSON and stop"
+    )
     parser.add_argument("--stage-spec", type=Path, help=argparse.SUPPRESS)  # a child process
     args = parser.parse_args(argv)
+    if args.render is not None:  # tables and figure again from a recorded JSON
+        payload = json.loads(args.render.read_text())
+        wanted = list(payload["pipelines"])  # the derived rows again, from the raw repeats
+        payload["stages"] = stage_rows(payload["per_repeat"], wanted)
+        payload["pipelines"] = pipeline_totals(payload["per_repeat"], wanted)
+        args.render.write_text(json.dumps(payload, indent=2))
+        args.render.with_suffix(".md").write_text(render(payload))
+        bill_figure(payload).savefig(args.render.with_suffix(".png"), format="png")
+        return 0
     if args.stage_spec is not None:
         spec = json.loads(args.stage_spec.read_text())
         Path(spec["result"]).write_text(json.dumps(run_stage(spec), indent=2))
@@ -553,7 +599,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             spec = {"pipeline": pipeline, "label": label, "kind": kind, "run": run,
                     "fields": fields, "setup": asdict, "dir": str(rep),
-                    "reference": str(reference)}  # fmt: skip
+                    "reference": str(reference), "ppo_epochs": args.ppo_epochs}  # fmt: skip
             results[f"{pipeline}/{label}"] = result = spawn(spec, rep)
             print(
                 f"repeat {k}: {pipeline} / {label}: {result['wall_s']:.1f} s, "
@@ -569,6 +615,7 @@ def main(argv: list[str] | None = None) -> int:
     payload = {
         "setup": asdict,
         "budget": "full" if args.full else "quick",
+        "ppo_epochs": args.ppo_epochs or 1,
         "repeats": args.repeats,
         "machine": machine(),
         "load_average": {"before": load_before, "after_each_repeat": loads},
@@ -585,19 +632,13 @@ def main(argv: list[str] | None = None) -> int:
         "paper_reported": PAPER_SECONDS,
         "per_repeat": repeats,
     }
-    text = bill_markdown(payload)
-    m = payload["machine"]
-    header = (
-        f"Compute bill, {payload['budget']} budget (`synthetic_safety` world `{setup.world}`, "
-        f"{setup.steps} steps, batch {setup.batch_size}; PPO {setup.max_new_tokens} new tokens); "
-        f"{m['cpu']}, {m['cpus']} CPUs; load average {load_before[0]:.1f} before, "
-        f"{', '.join(f'{x[0]:.1f}' for x in loads)} after each repeat; {elapsed:.0f} s.\n\n"
-    )
+    text = render(payload)
     args.results_dir.mkdir(parents=True, exist_ok=True)
-    (args.results_dir / "compute_bill.md").write_text(header + text)
-    (args.results_dir / "compute_bill.json").write_text(json.dumps(payload, indent=2))
-    bill_figure(payload).savefig(args.results_dir / "compute_bill.png", format="png")
-    print("\n" + header + text)
+    stem = args.results_dir / args.name
+    stem.with_suffix(".md").write_text(text)
+    stem.with_suffix(".json").write_text(json.dumps(payload, indent=2))
+    bill_figure(payload).savefig(stem.with_suffix(".png"), format="png")
+    print("\n" + text)
     return 0
 
 

@@ -26,6 +26,11 @@ Sharding: with a ``mesh`` (`safedpo_jax.sharding.make_mesh`), prompts and output
 split over ``("data", "fsdp")`` (`safedpo_jax.sharding.batch_sharding`), the parameters
 stay in (or move to) the shardings their logical axis names give, and the cache is built
 with the model's own cache shardings, exactly as in training; XLA partitions the rest.
+
+Counted compute: under an active `safedpo_jax.costs` ledger (the PPO loop's) a call is
+recorded as ``generate`` with the FLOPs of its prefill and of every decode step that ran
+(XLA's count of the compiled loop has the body once; `_count_decode_loop` adds the rest,
+at the price of one more compile, of the prefill alone, per prompt shape).
 """
 
 from __future__ import annotations
