@@ -192,6 +192,11 @@ class MethodContext:
 
     def train(self, name: str, *, model: Path, **fields: Any) -> Path:
         """One trainer run ``name`` from ``model`` with the shared budget and ``fields``."""
+        config = self.config(name, model=model, **fields)
+        return self.timed(name, lambda: train(config).export_dir)
+
+    def config(self, name: str, *, model: Path, **fields: Any) -> TrainConfig:
+        """The `TrainConfig` of `train` (the compute bill runs it in a process of its own)."""
         common = _common(self.setup, self.output_dir)
         del common["model_config"]
         settings = {
@@ -201,14 +206,13 @@ class MethodContext:
             "learning_rate": self.setup.learning_rate,
             **fields,
         }
-        config = from_preset(
+        return from_preset(
             "tiny",
             **common,
             model=str(model),
             output_dir=str(self.output_dir / "runs" / name),
             **settings,
         )
-        return self.timed(name, lambda: train(config).export_dir)
 
 
 # (context, run name) -> the exported policy's directory.
@@ -273,13 +277,20 @@ def saferlhf(ctx: MethodContext, name: str) -> Path:
     oracle: the pipeline the paper prices), then PPO-Lagrangian from the reference with
     them as reward and cost, safe-rlhf's ppo-lag.sh settings but this comparison's budget
     (steps, prompts per step = pairs per step, learning rate; critics 5x the actor's)."""
-    from safedpo_jax.train.ppo import preset as ppo_preset
     from safedpo_jax.train.ppo import train_ppo
 
     reward = ctx.train(f"{name}_reward", model=ctx.reference, objective="reward")
     cost = ctx.train(f"{name}_cost", model=ctx.reference, objective="cost")
+    config = saferlhf_ppo_config(ctx, name, reward, cost)
+    return ctx.timed(name, lambda: train_ppo(config).export_dir)
+
+
+def saferlhf_ppo_config(ctx: MethodContext, name: str, reward: Path, cost: Path) -> Any:
+    """SafeRLHF's PPO-Lagrangian `PPOConfig` (see `saferlhf`)."""
+    from safedpo_jax.train.ppo import preset as ppo_preset
+
     setup = ctx.setup
-    config = ppo_preset(
+    return ppo_preset(
         "ppo-lag",
         actor=str(ctx.reference),
         reward_model=str(reward),
@@ -298,7 +309,6 @@ def saferlhf(ctx: MethodContext, name: str) -> Path:
         save_every=10**9,
         output_dir=str(ctx.output_dir / "runs" / name),
     )
-    return ctx.timed(name, lambda: train_ppo(config).export_dir)
 
 
 # The compared methods: table name -> how to train it from the reference. A new method

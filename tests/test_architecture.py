@@ -18,6 +18,7 @@ STDLIB = set(sys.stdlib_module_names) | {"__future__"}
 # room -> (third-party packages it may use, library rooms it may import)
 ROOMS: dict[str, tuple[set[str], set[str]]] = {
     "losses": ({"jax", "numpy"}, {"losses"}),
+    "costs": ({"jax", "numpy"}, {"costs"}),
     "sharding": ({"jax", "numpy", "flax"}, {"sharding"}),
     "models": (
         {"jax", "numpy", "flax", "safetensors", "huggingface_hub", "einops"},

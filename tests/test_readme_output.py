@@ -58,3 +58,15 @@ def test_readme_tuning_tables_are_the_recorded_sweeps():
         table = sweeps.guide_markdown(recorded[name], name)
         assert table in section, name
         assert table in (ROOT / f"experiments/results/{name}_sweep.md").read_text(), name
+
+
+def test_readme_compute_bill_tables_are_the_recorded_bill():
+    """The README's compute-bill tables are compute_bill.md's (the recorded run), line for line."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## The compute bill", 1)[1].split("\n## ", 1)[0]
+    quoted = [line for line in section.splitlines() if line.startswith("|")]
+    recorded = (ROOT / "experiments/results/compute_bill.md").read_text().splitlines()
+    tables = [line for line in recorded if line.startswith("|")]
+    assert quoted, "no table in the README's compute-bill section"
+    start = tables.index(quoted[0])
+    assert tables[start : start + len(quoted)] == quoted

@@ -26,6 +26,11 @@ Sharding: with a ``mesh`` (`safedpo_jax.sharding.make_mesh`), prompts and output
 split over ``("data", "fsdp")`` (`safedpo_jax.sharding.batch_sharding`), the parameters
 stay in (or move to) the shardings their logical axis names give, and the cache is built
 with the model's own cache shardings, exactly as in training; XLA partitions the rest.
+
+Counted compute: under an active `safedpo_jax.costs` ledger (the PPO loop's) a call is
+recorded as ``generate`` with the FLOPs of its prefill and of every decode step that ran
+(XLA's count of the compiled loop has the body once; `_count_decode_loop` adds the rest,
+at the price of one more compile, of the prefill alone, per prompt shape).
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from safedpo_jax import sharding
+from safedpo_jax import costs, sharding
 
 __all__ = ["GenerationOutput", "decode", "generate", "top_p_mask"]
 
@@ -100,10 +105,36 @@ def _next_tokens(
     return draw(keys_b, scaled_bv).astype(jnp.int32)
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=("graphdef", "max_new_tokens", "eos_ids", "pad_id", "greedy", "mesh"),
-)
+def _prefill(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    prompt_ids_bp: Array,
+    prompt_mask_bp: Array,
+    *,
+    max_new_tokens: int,
+    pad_id: int,
+    mesh: Mesh | None,
+) -> tuple:
+    """The decode loop's initial carry: the prompt batch prefilled into a fresh KV cache."""
+    b, p = prompt_ids_bp.shape
+    model = nnx.merge(graphdef, state)
+    kw = {} if mesh is None else {"mesh": mesh}  # the model's own cache shardings
+    cache = model.init_cache(b, p + max_new_tokens, **kw)
+    logits_bpv, cache = model(prompt_ids_bp, prompt_mask_bp, cache=cache)
+    return (
+        jnp.zeros((), jnp.int32),
+        cache,
+        logits_bpv[:, -1],
+        jnp.full((b, max_new_tokens), pad_id, jnp.int32),
+        jnp.zeros((b,), bool),
+        jnp.zeros((b,), jnp.int32),
+    )
+
+
+_STATIC = ("graphdef", "max_new_tokens", "eos_ids", "pad_id", "greedy", "mesh")
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
 def _generate(
     graphdef: nnx.GraphDef,
     state: nnx.State,
@@ -119,11 +150,16 @@ def _generate(
     greedy: bool,
     mesh: Mesh | None,
 ) -> GenerationOutput:
-    b, p = prompt_ids_bp.shape
-    model = nnx.merge(graphdef, state)
-    kw = {} if mesh is None else {"mesh": mesh}  # the model's own cache shardings
-    cache = model.init_cache(b, p + max_new_tokens, **kw)
-    logits_bpv, cache = model(prompt_ids_bp, prompt_mask_bp, cache=cache)
+    b = prompt_ids_bp.shape[0]
+    carry = _prefill(
+        graphdef,
+        state,
+        prompt_ids_bp,
+        prompt_mask_bp,
+        max_new_tokens=max_new_tokens,
+        pad_id=pad_id,
+        mesh=mesh,
+    )
     eos = jnp.asarray(eos_ids, jnp.int32)
 
     def cond(carry: tuple) -> Array:
@@ -142,16 +178,38 @@ def _generate(
         logits_b1v, cache = model(next_b[:, None], jnp.ones((b, 1), jnp.int32), cache=cache)
         return step + 1, cache, logits_b1v[:, -1], tokens_bn, finished_b, lengths_b
 
-    carry = (
-        jnp.zeros((), jnp.int32),
-        cache,
-        logits_bpv[:, -1],
-        jnp.full((b, max_new_tokens), pad_id, jnp.int32),
-        jnp.zeros((b,), bool),
-        jnp.zeros((b,), jnp.int32),
-    )
     _, _, _, tokens_bn, finished_b, lengths_b = jax.lax.while_loop(cond, body, carry)
     return GenerationOutput(tokens=tokens_bn, lengths=lengths_b, finished=finished_b)
+
+
+_PREFILL_STATIC = ("graphdef", "max_new_tokens", "pad_id", "mesh")
+_prefill_jit = jax.jit(_prefill, static_argnames=_PREFILL_STATIC)
+_counted_generate = costs.counted("generate", _generate, static_argnames=_STATIC)
+
+
+def _count_decode_loop(
+    ledger: costs.Ledger, out: GenerationOutput, static: dict[str, Any], arrays: dict[str, Any]
+) -> None:
+    """Adds the decode steps XLA's count of `_generate` leaves out to ``ledger``.
+
+    XLA counts the ``while`` body once (`safedpo_jax.costs`), so the compiled program's
+    count W is the prefill P plus one decode step (with the loop test). The loop ran
+    ``max(lengths)`` steps (it stops once every row has finished), so the work done is
+    ``P + steps * (W - P)``, ``(steps - 1) * (W - P)`` more than W. P is the count of the
+    prefill compiled alone on the same arguments (listed as ``generate/prefill``, no calls).
+    """
+    whole = ledger.entries["generate"].last_call_flops
+    prefill = costs.cost_of(
+        ledger,
+        "generate/prefill",
+        _prefill_jit,
+        static_argnames=_PREFILL_STATIC,
+        **static,
+        **arrays,
+    )
+    steps = int(np.max(np.asarray(jax.device_get(out.lengths)), initial=0))
+    extra = max(steps - 1, 0)
+    ledger.add_flops("generate", extra * max(whole - prefill, 0.0), loop_trips=extra)
 
 
 def generate(
@@ -215,20 +273,24 @@ def generate(
         state = jax.device_put(state, sharding.state_shardings(state, mesh))
         ids, mask = jax.device_put((ids, mask), sharding.batch_sharding(mesh, 2))
         row_keys = jax.device_put(row_keys, sharding.batch_sharding(mesh, 1))
-    return _generate(
-        graphdef,
-        state,
-        ids,
-        mask,
-        row_keys,
-        jnp.float32(max(temperature, 1e-6)),
-        jnp.float32(top_p),
-        max_new_tokens=max_new_tokens,
+    static = {"graphdef": graphdef, "max_new_tokens": max_new_tokens, "pad_id": int(pad_id)}
+    static["mesh"] = mesh
+    out = _counted_generate(
+        state=state,
+        prompt_ids_bp=ids,
+        prompt_mask_bp=mask,
+        row_keys_b=row_keys,
+        temperature=jnp.float32(max(temperature, 1e-6)),
+        top_p=jnp.float32(top_p),
         eos_ids=tuple(int(e) for e in eos_ids),
-        pad_id=int(pad_id),
         greedy=temperature == 0,
-        mesh=mesh,
+        **static,
     )
+    ledger = costs.current()
+    if ledger is not None:  # counted compute: the decode loop's trips (one device sync)
+        arrays = {"state": state, "prompt_ids_bp": ids, "prompt_mask_bp": mask}
+        _count_decode_loop(ledger, out, static, arrays)
+    return out
 
 
 def decode(tokenizer: Any, output: GenerationOutput) -> list[str]:

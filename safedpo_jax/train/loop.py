@@ -9,6 +9,11 @@ parts a reader can follow a batch through:
     run: BatchIterator (this host's share) -> objective.device_batch -> the jitted step
       -> metrics.jsonl / TensorBoard / progress bar, held-out eval, orbax checkpoints
     export: OUTPUT_DIR/hf (the policy in Hugging Face format, with its tokenizer)
+
+The compute of a run is counted (`safedpo_jax.costs`): every compiled function it calls
+(the step, the reference pass, the held-out evaluation) with its calls and XLA's FLOPs,
+and the wall time of each part, go to ``OUTPUT_DIR/compute.json`` (and
+`TrainResult.compute`).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from safedpo_jax import losses, models, sharding
+from safedpo_jax import costs, losses, models, sharding
 from safedpo_jax.data import BatchIterator, DataSummary, MissingSplitError, load_tokenizer
 from safedpo_jax.train import console, rundir
 from safedpo_jax.train import lora as train_lora
@@ -62,6 +67,7 @@ class TrainResult:
     data_summary: dict[str, Any]
     resumed_from: int | None
     state: steps.TrainState
+    compute: dict[str, Any] | None = None
 
 
 @dataclasses.dataclass
@@ -80,6 +86,7 @@ class Run:
     iterator: BatchIterator
     total_steps: int
     cached: dict[str, np.ndarray]
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def load_datasets(
@@ -142,7 +149,9 @@ def prepare(config: TrainConfig) -> Run:
     del policy, reference
 
     cached: dict[str, np.ndarray] = {}
+    seconds = {}
     if objective.uses_reference and config.reference == "cached":
+        start = time.perf_counter()
         datasets = {"train": train_ds} if eval_ds is None else {"train": train_ds, "eval": eval_ds}
         cached = ref_cache.cache_reference(
             setup,
@@ -152,6 +161,7 @@ def prepare(config: TrainConfig) -> Run:
             announce=(lambda text: print(text, flush=True)) if primary else None,
             reference_tag=train_lora.reference_tag(config),
         )
+        seconds["reference_pass"] = time.perf_counter() - start
     return Run(
         config=config,
         output_dir=output_dir,
@@ -165,6 +175,7 @@ def prepare(config: TrainConfig) -> Run:
         iterator=iterator,
         total_steps=total_steps,
         cached=cached,
+        seconds=seconds,
     )
 
 
@@ -221,7 +232,9 @@ def run_steps(run: Run) -> TrainResult:
     """Resumes from the last checkpoint (if any) and trains to ``run.total_steps``."""
     config, setup, iterator, total_steps = run.config, run.setup, run.iterator, run.total_steps
     state = setup.state
-    step_fn = setup.compile(reference_in_step=setup.reference is not None)
+    step_fn = costs.counted(
+        "train_step", setup.compile(reference_in_step=setup.reference is not None)
+    )
     checkpointer = Checkpointer(
         run.output_dir / "checkpoints", save_every=config.save_every, keep=config.keep_checkpoints
     )
@@ -242,7 +255,7 @@ def run_steps(run: Run) -> TrainResult:
 
     eval_fn = None
     if run.eval_ds is not None:
-        eval_fn = steps.make_eval_sums(run.objective, setup.policy)
+        eval_fn = costs.counted("eval_sums", steps.make_eval_sums(run.objective, setup.policy))
 
     last_metrics: dict[str, float] = {}
     eval_metrics: dict[str, float] = {}
@@ -334,9 +347,32 @@ def train(config: TrainConfig) -> TrainResult:
     run (`safedpo_jax.train.rundir.claim`, which also writes ``config.json``).
     """
     initialize_distributed(config)
-    with rundir.claim(config):
+    ledger = costs.Ledger()
+    with rundir.claim(config), costs.recording(ledger):
+        start = time.perf_counter()
         run = prepare(config)
+        seconds = {"prepare": time.perf_counter() - start, **run.seconds}
+        start = time.perf_counter()
         result = run_steps(run)
+        seconds["steps"] = time.perf_counter() - start
         if config.export:
+            start = time.perf_counter()
             result.export_dir = export(run, result.state)
+            seconds["export"] = time.perf_counter() - start
+        result.compute = compute_summary(ledger, seconds, steps_run=result.step)
+        if run.primary:
+            (run.output_dir / "compute.json").write_text(json.dumps(result.compute, indent=2))
         return result
+
+
+def compute_summary(ledger: costs.Ledger, seconds: dict[str, float], **facts: Any) -> dict:
+    """What ``compute.json`` holds: wall seconds per part (``prepare`` includes
+    ``reference_pass``), the counted FLOPs (total and per function: calls, XLA's count per
+    compiled variant, memory estimate), the devices, and ``facts``."""
+    return {
+        "seconds": seconds,
+        **ledger.to_dict(),
+        "devices": jax.device_count(),
+        "platform": jax.default_backend(),
+        **facts,
+    }

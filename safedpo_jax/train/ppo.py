@@ -18,6 +18,12 @@ sharded by the logical-axis rules on one ``(data, fsdp, tensor)`` mesh; the batc
 over ``("data", "fsdp")``. The episode-cost window pools all hosts' episodes (safe-rlhf
 averages each rank's window mean; with equal windows the two agree).
 
+The run's compute is counted (`safedpo_jax.costs`): calls and XLA's FLOPs of generation
+(``generate``: prefill plus every decode step that ran), scoring (``score_reward`` /
+``score_cost`` when score models score), ``experience`` (actor, reference and critic
+passes), ``push_costs`` and ``update``, with the wall time of each phase, go to
+``OUTPUT_DIR/compute.json`` (and `PPOResult.compute`).
+
 Not implemented: the optional PTX (SFT) term of safe-rlhf (``ptx_coeff``).
 """
 
@@ -41,7 +47,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from safedpo_jax import logprobs, losses, models, sharding
+from safedpo_jax import costs, logprobs, losses, models, sharding
 from safedpo_jax.data import BatchIterator, load_rows, load_tokenizer, tokenize_prompts
 from safedpo_jax.evaluate import generation
 from safedpo_jax.evaluate.scoring import resolve_oracle
@@ -317,6 +323,7 @@ class PPOResult:
     export_dir: Path | None
     resumed_from: int | None
     state: PPOState
+    compute: dict[str, Any] | None = None
 
 
 # --------------------------------------------------------------------------------------
@@ -550,12 +557,26 @@ def _make_functions(
     batch_sh = sharding.batch_sharding(mesh, 1)
     state_in = (state_sh, batch_sh)
     return (
-        jax.jit(
-            experience, in_shardings=(state_sh, ref_sh) + (batch_sh,) * 6, out_shardings=batch_sh
+        costs.counted(
+            "experience",
+            jax.jit(
+                experience,
+                in_shardings=(state_sh, ref_sh) + (batch_sh,) * 6,
+                out_shardings=batch_sh,
+            ),
         ),
-        jax.jit(push_costs, in_shardings=state_in, out_shardings=state_sh, donate_argnums=(0,)),
-        jax.jit(
-            update, in_shardings=state_in, out_shardings=(state_sh, replicated), donate_argnums=(0,)
+        costs.counted(
+            "push_costs",
+            jax.jit(push_costs, in_shardings=state_in, out_shardings=state_sh, donate_argnums=(0,)),
+        ),
+        costs.counted(
+            "update",
+            jax.jit(
+                update,
+                in_shardings=state_in,
+                out_shardings=(state_sh, replicated),
+                donate_argnums=(0,),
+            ),
         ),
     )
 
@@ -583,11 +604,12 @@ def _scorer(
     return None
 
 
-def _score_fn(scorer: TextScorer | models.ScoreModel) -> Callable[..., np.ndarray]:
-    """``(ids, mask, prompts, responses) -> float [B]`` for either kind of scorer."""
+def _score_fn(scorer: TextScorer | models.ScoreModel, name: str) -> Callable[..., np.ndarray]:
+    """``(ids, mask, prompts, responses) -> float [B]`` for either kind of scorer (a score
+    model's forward is counted as ``name``)."""
     if isinstance(scorer, models.ScoreModel):
         graphdef, state = nnx.split(scorer)
-        forward = jax.jit(lambda s, i, m: nnx.merge(graphdef, s)(i, m))
+        forward = costs.counted(name, jax.jit(lambda s, i, m: nnx.merge(graphdef, s)(i, m)))
         return lambda ids, mask, prompts, responses: forward(state, ids, mask)
     if not callable(scorer):
         raise TypeError(f"a scorer must be a ScoreModel or a callable, got {type(scorer)}")
@@ -625,6 +647,25 @@ def train_ppo(
     also the reference). ``stop_after``: stop (with a checkpoint) after this many steps in
     this call, as if the job were killed there; a later call resumes.
     """
+    ledger = costs.Ledger()
+    start = time.perf_counter()
+    with costs.recording(ledger):
+        result = _train_ppo(config, ledger, reward_scorer, cost_scorer, actor, stop_after)
+    result.compute["seconds"]["total"] = time.perf_counter() - start
+    if jax.process_index() == 0:
+        path = Path(config.output_dir) / "compute.json"
+        path.write_text(json.dumps(result.compute, indent=2))
+    return result
+
+
+def _train_ppo(
+    config: PPOConfig,
+    ledger: costs.Ledger,
+    reward_scorer: TextScorer | models.ScoreModel | None,
+    cost_scorer: TextScorer | models.ScoreModel | None,
+    actor: models.CausalLM | None,
+    stop_after: int | None,
+) -> PPOResult:
     output_dir = Path(config.output_dir)
     mesh = sharding.make_mesh(config.mesh_data, config.mesh_fsdp, config.mesh_tensor)
     primary = jax.process_index() == 0
@@ -718,7 +759,8 @@ def train_ppo(
     experience_fn, push_fn, update_fn = _make_functions(
         config, graphdefs, rests, optimizers, state, ref_params, mesh
     )
-    score_reward, score_cost = _score_fn(reward_scorer), _score_fn(cost_scorer)
+    score_reward = _score_fn(reward_scorer, "score_reward")
+    score_cost = _score_fn(cost_scorer, "score_cost")
 
     checkpointer = Checkpointer(
         output_dir / "checkpoints", save_every=config.save_every, keep=config.keep_checkpoints
@@ -802,6 +844,7 @@ def train_ppo(
                         "time/step_s": t3 - t0,
                         "perf/generated_tokens_per_s": tokens / max(t1 - t0, 1e-9),
                         "perf/tokens_per_s": tokens / max(t3 - t0, 1e-9),
+                        "perf/generated_tokens": tokens,
                     }
                 )
                 history.append({"step": step + 1, **metrics})
@@ -823,7 +866,18 @@ def train_ppo(
         )
         if primary:
             tokenizer.save_pretrained(str(export_dir))
-    return PPOResult(step, metrics, history, output_dir, export_dir, resumed_from, state)
+    result = PPOResult(step, metrics, history, output_dir, export_dir, resumed_from, state)
+    phases = ("generation", "scoring", "update")
+    seconds = {p: float(sum(h[f"time/{p}_s"] for h in history)) for p in phases}
+    result.compute = {
+        "seconds": seconds,
+        **ledger.to_dict(),
+        "devices": jax.device_count(),
+        "platform": jax.default_backend(),
+        "steps_run": len(history),
+        "generated_tokens": float(sum(h["perf/generated_tokens"] for h in history)),
+    }
+    return result
 
 
 def load_prompts(source: str, split: str) -> list[str]:

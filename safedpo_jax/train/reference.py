@@ -38,6 +38,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from safedpo_jax import costs
 from safedpo_jax.data.batches import BatchIterator
 from safedpo_jax.data.tokenization import PairDataset
 
@@ -348,7 +349,7 @@ def cache_reference(
     if reference_tag is not None:
         fingerprint = hashlib.sha256(f"{fingerprint}:{reference_tag}".encode()).hexdigest()
     tokenizer_fp = tokenizer_fingerprint(tokenizer)
-    logps_fn = setup.reference_logps()
+    logps_fn = costs.counted("reference_pass", setup.reference_logps())
     reference = setup.reference
     to_device = lambda b: setup.objective.device_batch(b, setup.mesh, None)  # noqa: E731
     cached: dict[str, np.ndarray] = {}

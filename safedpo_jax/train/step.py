@@ -128,14 +128,18 @@ def make_eval_sums(objective: Objective, policy: Model) -> Callable[..., dict[st
 
     @jax.jit
     def sums(
-        params: nnx.State, rest: nnx.State, reference: Model | None, batch: Any
+        params: nnx.State, reference: Model | None, batch: Any, rest: nnx.State
     ) -> dict[str, Array]:
         model = dataclasses.replace(policy, params=params, rest=rest)
         return objective.sums(model, reference, batch)[1]
 
     def eval_sums(params: nnx.State, reference: Model | None, batch: Any) -> dict[str, Array]:
-        return sums(params, policy.rest, reference, batch)
+        return sums(params, reference, batch, policy.rest)
 
+    # Ahead-of-time lowering with the same three arguments (counted compute, `costs`).
+    eval_sums.lower = lambda params, reference, batch: _Lowered(  # type: ignore[attr-defined]
+        sums.lower(params, reference, batch, policy.rest), policy.rest
+    )
     return eval_sums
 
 

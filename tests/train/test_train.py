@@ -112,6 +112,26 @@ def test_cached_reference_gives_the_in_step_losses(tmp_path):
     train(micro_config(tmp_path, "cached_again", reference="cached", max_steps=1))
     assert {f: f.stat().st_mtime_ns for f in files} == mtimes
 
+    # The counted compute (compute.json): 4 steps each; the cached run's reference pass
+    # ran once per batch of each split, the third run's not at all (the cache was hit);
+    # a step with the reference in it also runs the reference's forward (about 4/3).
+    runs = {
+        name: json.loads((tmp_path / name / "compute.json").read_text())
+        for name in ("in_step", "cached", "cached_again")
+    }
+    fns = {name: run["functions"] for name, run in runs.items()}
+    assert fns["in_step"]["train_step"]["calls"] == fns["cached"]["train_step"]["calls"] == 4
+    assert "reference_pass" not in fns["in_step"]
+    assert fns["cached"]["reference_pass"]["calls"] >= 2
+    assert "reference_pass" not in fns["cached_again"]
+    ratio = fns["in_step"]["train_step"]["flops"] / fns["cached"]["train_step"]["flops"]
+    assert 1.2 < ratio < 1.45, ratio
+    assert fns["cached"]["eval_sums"]["calls"] == 2  # eval_batches, once at the end
+    for run in runs.values():
+        assert run["flops"] == sum(f["flops"] for f in run["functions"].values()) > 0
+        assert run["seconds"]["steps"] > 0
+    assert runs["cached"]["seconds"]["reference_pass"] > 0
+
 
 @pytest.mark.parametrize(
     "objective", [{"pairs": "safedpo"}, {"pairs": "helpful"}, {"objective": "sft"}], ids=str

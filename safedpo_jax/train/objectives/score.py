@@ -29,7 +29,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from safedpo_jax import losses
+from safedpo_jax import costs, losses
 from safedpo_jax.data import DataSummary, PairBatch, load_preference_data
 from safedpo_jax.data.summary import merge_counts
 from safedpo_jax.models import Model
@@ -133,7 +133,7 @@ class ScoreObjective(ObjectiveDefaults):
 
     def held_out_report(self, policy: Model, batches: Iterable[StepBatch]) -> dict[str, float]:
         """Exact held-out figures that do not reduce as sums: ROC AUC and class means."""
-        fn = jax.jit(end_scores)
+        fn = costs.counted("eval_end_scores", jax.jit(end_scores))
         scores, unsafe, valid = [], [], []
         for batch in batches:
             gather = lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True))  # noqa: E731
