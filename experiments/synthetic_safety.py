@@ -299,6 +299,10 @@ def saferlhf_ppo_config(ctx: MethodContext, name: str, reward: Path, cost: Path)
         dataset=world_dataset(setup, ctx.output_dir),
         split="train",
         prompt_batch_size=setup.batch_size,
+        # The preference methods' budget: ``steps`` updates of ``batch_size`` prompts. One
+        # pass over the world's distinct training prompts is only a few such steps (3 in
+        # the pku world), so PPO cycles through them until ``max_steps``.
+        epochs=setup.steps,
         max_steps=setup.steps,
         max_length=TINY_LLAMA["max_position_embeddings"],
         max_new_tokens=setup.max_new_tokens,

@@ -256,3 +256,20 @@ def test_failure_report_refuses_counts_that_disagree_with_the_evaluation(tmp_pat
     _eval_dir(tmp_path, 0, {"A": [_failure("p1")]}, [_summary_row("A", 2, 0.0)])
     with pytest.raises(ValueError, match="A lists 1 unsafe responses, summary.json counts 2"):
         ss.failure_report(tmp_path, [0])
+
+
+@pytest.mark.parametrize("world", sorted(synthetic.WORLDS))
+def test_saferlhf_gets_the_preference_methods_step_budget(tmp_path, ss, world):
+    """PPO runs as many rollout steps of ``batch_size`` prompts as the preference methods
+    run updates of ``batch_size`` pairs: one pass over the world's distinct prompts is far
+    fewer steps (the bug that gave SafeRLHF 3 steps against 40)."""
+    from safedpo_jax.train.ppo import load_prompts
+
+    setup = ss.WorldSetup.quick()
+    setup = type(setup)(**{**vars(setup), "world": world})
+    ctx = ss.MethodContext(setup, tmp_path, tmp_path / "ref", {})
+    config = ss.saferlhf_ppo_config(ctx, "saferlhf", tmp_path / "r", tmp_path / "c")
+    per_epoch = len(load_prompts(config.dataset, config.split)) // config.prompt_batch_size
+    assert per_epoch < setup.steps  # one pass would not do
+    assert config.prompt_batch_size == setup.batch_size
+    assert min(per_epoch * config.epochs, config.max_steps) == setup.steps
