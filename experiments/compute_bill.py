@@ -361,8 +361,12 @@ def render(payload: dict[str, Any]) -> str:
     return (
         f"Compute bill, {payload['budget']} budget (`synthetic_safety` world `{setup['world']}`,"
         f" {setup['steps']} steps of {setup['batch_size']} pairs; PPO "
-        f"{payload.get('ppo_epochs', 1)} epoch(s) over the training prompts, "
-        f"{setup['batch_size']} prompts a step, {setup['max_new_tokens']} new tokens); "
+        + (
+            f"{payload['ppo_epochs']} epoch(s) over the training prompts, "
+            if payload.get("ppo_epochs")
+            else f"{setup['steps']} rollout steps, "
+        )
+        + f"{setup['batch_size']} prompts a step, {setup['max_new_tokens']} new tokens); "
         f"{m['cpu']}, {m['cpus']} CPUs; load average {load['before'][0]:.1f} before, "
         f"{', '.join(f'{x[0]:.1f}' for x in load['after_each_repeat'])} after each repeat; "
         f"{payload['seconds']:.0f} s.\n\n" + bill_markdown(payload)
@@ -539,8 +543,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--ppo-epochs",
         type=int,
-        help="PPO's passes over the training prompts (default 1, as the comparison runs it: "
-        "fewer rollout steps than the preference methods' when the prompts run out)",
+        help="PPO's passes over the training prompts (default: as the comparison runs it, "
+        "enough passes for the preference methods' number of steps)",
     )
     parser.add_argument(
         "--name", default="compute_bill", help="the results files' stem (default compute_bill)"
@@ -615,7 +619,7 @@ def main(argv: list[str] | None = None) -> int:
     payload = {
         "setup": asdict,
         "budget": "full" if args.full else "quick",
-        "ppo_epochs": args.ppo_epochs or 1,
+        "ppo_epochs": args.ppo_epochs,  # None: the comparison's (`saferlhf_ppo_config`)
         "repeats": args.repeats,
         "machine": machine(),
         "load_average": {"before": load_before, "after_each_repeat": loads},
