@@ -74,9 +74,10 @@ class Phases:
     """Peak and current RSS per named phase (the high-water mark reset before each)."""
 
     def __init__(self) -> None:
-        self.rows: dict[str, dict[str, float]] = {}
+        self.rows: dict[str, dict[str, Any]] = {}
         self.t = time.perf_counter()
         C.reset_peak_rss()
+        self.sampler = C.PeakSampler()
 
     def end(self, name: str, **extra: Any) -> None:
         now = time.perf_counter()
@@ -84,9 +85,18 @@ class Phases:
             "peak_mib": round(C.peak_rss_mib(), 1),
             "rss_mib": round(C.rss_mib(), 1),
             "seconds": round(now - self.t, 2),
+            # what the resident set was made of: the largest 50 ms sample, and at the end
+            "at_peak_mib": self.sampler.reset(),
+            "after_mib": C.memory_breakdown_mib(),
+            # checkpoint pages still mapped (memory-mapped safetensors), by file
+            "safetensors_rss_mib": {
+                "/".join(Path(k).parts[-2:]): v
+                for k, v in C.mapped_files_rss_mib(".safetensors").items()
+            },
             **extra,
         }
         C.reset_peak_rss()
+        self.sampler.reset()
         self.t = time.perf_counter()
 
 
@@ -164,6 +174,7 @@ def child_ours(args: argparse.Namespace, weights: Path) -> dict[str, Any]:
         for name in ("argument", "output", "alias", "temp", "generated_code")
     }
     ph.end("compile", xla_mib=xla)
+    initial = jax.tree.leaves(setup.policy.params)
     losses = []
     for i, host in enumerate(batches):
         with jax.set_mesh(mesh):
@@ -171,7 +182,8 @@ def child_ours(args: argparse.Namespace, weights: Path) -> dict[str, Any]:
             state, metrics = compiled(state, setup.reference, batch)
         losses.append(float(metrics["loss"]))
         if i == 0:
-            ph.end("step1")
+            # the donated initial parameters are gone (no second copy of the policy)
+            ph.end("step1", initial_params_deleted=all(x.is_deleted() for x in initial))
     ph.end("steps")
     return {"phases": ph.rows, "losses": losses}
 
