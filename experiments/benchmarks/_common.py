@@ -54,6 +54,14 @@ SIZES: dict[str, dict[str, Any]] = {
         "num_attention_heads": 8,
         "num_key_value_heads": 4,
     },
+    # issue 19's shape (its vocabulary, 151,936, comes with `--vocab`)
+    "issue": {
+        "hidden_size": 512,
+        "intermediate_size": 1536,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 8,
+    },
     # 0.27B (of which embedding and LM head 32.8M each at a 32k vocabulary): generation.
     "medium": {
         "hidden_size": 1024,
