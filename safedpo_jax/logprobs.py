@@ -34,6 +34,10 @@ Array = jax.Array
 # 512 MiB alike) and needed 2 to 9x less memory from 250 MiB up.
 LOGITS_FULL_MAX_BYTES = 32 * 2**20
 LOGITS_CHUNK_BYTES = 256 * 2**20
+# The chunked path projects only the chunks that hold counted (response) positions
+# (`losses.chunked_sequence_logprobs`, ``skip_masked``); False projects every position,
+# as before (benchmarks compare the two).
+SKIP_MASKED_CHUNKS = True
 
 
 def auto_chunk_size(rows: int, length: int, vocab: int) -> int:
@@ -101,7 +105,12 @@ def sequence_logps(
     if chunk_size:
         hidden = module(ids, mask, return_hidden=True)
         logps = losses.chunked_sequence_logprobs(
-            hidden, module.lm_head_weight(), targets, target_mask, chunk_size=chunk_size
+            hidden,
+            module.lm_head_weight(),
+            targets,
+            target_mask,
+            chunk_size=chunk_size,
+            skip_masked=SKIP_MASKED_CHUNKS,
         )
     else:
         logits = module(ids, mask)

@@ -429,6 +429,65 @@ def test_chunked_logprobs_equal_full_in_value_and_gradient(chunk):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+def middle_responses(seed, rows=6, t=29, lengths=(1, 2, 4, 5, 3, 4)):
+    """Hidden states and a mask with one response per row at a row-dependent offset (a
+    prompt before it, padding after it), as the training batches lay them out."""
+    rng = np.random.default_rng(seed)
+    h = jnp.asarray(rng.normal(size=(rows, t, 16)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(16, 37)) / 4, jnp.float32)
+    ids = jnp.asarray(rng.integers(0, 37, (rows, t)))
+    start = rng.integers(3, t - max(lengths), rows)
+    pos = np.arange(t)
+    mask = (pos >= start[:, None]) & (pos < start[:, None] + np.asarray(lengths)[:, None])
+    return h, w, ids, jnp.asarray(mask)
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 8, 32])
+def test_chunked_logprobs_skipping_masked_chunks_equal_projecting_all(chunk):
+    """The responses gathered to the front and all-masked chunks skipped: the same sums
+    and gradients (float32 summation order only) as projecting every position and as
+    full logits."""
+    h, w, ids, mask = middle_responses(15)
+    precision = jax.lax.Precision.HIGHEST
+    full = lambda h, w: sequence_logprobs(
+        jnp.einsum("...td,dv->...tv", h, w, precision=precision), ids, mask
+    )
+    weights = jnp.arange(1.0, 7.0)  # a different cotangent per row
+    with jax.default_matmul_precision("highest"):
+        results = {
+            name: jax.value_and_grad(lambda h, w, f=f: (f(h, w) * weights).sum(), (0, 1))(h, w)
+            for name, f in {
+                "full": full,
+                "all": lambda h, w: chunked_sequence_logprobs(
+                    h, w, ids, mask, chunk_size=chunk, skip_masked=False
+                ),
+                "skip": lambda h, w: chunked_sequence_logprobs(h, w, ids, mask, chunk_size=chunk),
+            }.items()
+        }
+    for name in ("all", "skip"):
+        value, grads = results[name]
+        np.testing.assert_allclose(value, results["full"][0], rtol=1e-6)
+        for a, b in zip(grads, results["full"][1], strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_chunked_logprobs_skip_the_chunks_without_responses():
+    """Every response is 4 tokens and a chunk 4 positions: after the gather one chunk
+    holds all responses and the other 7 are skipped, so hidden states that are NaN outside
+    the responses never reach the projection (projecting them would make the weight
+    gradient NaN, as it does with ``skip_masked=False``)."""
+    h, w, ids, mask = middle_responses(16, lengths=(4,) * 6)
+    h = jnp.where(mask[..., None], h, jnp.nan)
+
+    def grads(skip):
+        f = lambda w: chunked_sequence_logprobs(h, w, ids, mask, chunk_size=4, skip_masked=skip)
+        return jax.value_and_grad(lambda w: f(w).sum())(w)
+
+    value, grad_w = grads(True)
+    assert np.isfinite(value) and np.isfinite(grad_w).all() and np.abs(grad_w).max() > 0
+    assert np.isnan(grads(False)[1]).any()
+
+
 # ----------------------------------------------------------------------------- packaging
 def test_importing_the_kernel_pulls_in_jax_and_numpy_only():
     code = (

@@ -54,6 +54,14 @@ SIZES: dict[str, dict[str, Any]] = {
         "num_attention_heads": 8,
         "num_key_value_heads": 4,
     },
+    # issue 19's shape (its vocabulary, 151,936, comes with `--vocab`)
+    "issue": {
+        "hidden_size": 512,
+        "intermediate_size": 1536,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 8,
+    },
     # 0.27B (of which embedding and LM head 32.8M each at a 32k vocabulary): generation.
     "medium": {
         "hidden_size": 1024,
@@ -169,6 +177,83 @@ def reset_peak_rss() -> None:
     with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     Path("/proc/self/clear_refs").write_text("5")
+
+
+def memory_breakdown_mib() -> dict[str, float]:
+    """This process's resident set split by kind (``/proc/self/status``: anonymous,
+    file-backed, shared memory) and glibc's heap state (``mallinfo2``: bytes in use and free
+    in the ``brk`` arenas, bytes in blocks mapped one by one), MiB."""
+    import ctypes
+
+    out = {
+        name: round(_status_kib(field) / 1024, 1)
+        for name, field in (("rss", "VmRSS"), ("anon", "RssAnon"), ("file", "RssFile"),
+                            ("shmem", "RssShmem"))
+    }  # fmt: skip
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+            "uordblks", "fordblks", "keepcost")]  # fmt: skip
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = MallInfo2
+        info = libc.mallinfo2()
+        mib = 1 / 2**20
+        out |= {
+            "malloc_in_use": round(info.uordblks * mib, 1),
+            "malloc_free": round(info.fordblks * mib, 1),
+            "malloc_mmapped": round(info.hblkhd * mib, 1),
+        }
+    except (OSError, AttributeError):
+        pass
+    return out
+
+
+def mapped_files_rss_mib(suffix: str) -> dict[str, float]:
+    """Resident MiB of this process's mappings of files whose path ends with ``suffix``
+    (``/proc/self/smaps``), by path: e.g. the pages of memory-mapped checkpoints."""
+    out: dict[str, float] = {}
+    path = None
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()
+        if head and "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):
+            path = head[5] if len(head) > 5 else None
+        elif head and head[0] == "Rss:" and path and path.endswith(suffix):
+            out[path] = round(out.get(path, 0.0) + int(head[1]) / 1024, 1)
+    return out
+
+
+class PeakSampler:
+    """A thread that samples `memory_breakdown_mib` every ``interval`` seconds and keeps
+    the sample of largest resident set since the last `reset`: what the peak was made of
+    (the high-water mark itself comes from ``VmHWM``, which sampling can miss)."""
+
+    def __init__(self, interval: float = 0.05):
+        import threading
+
+        self.interval, self.peak = interval, memory_breakdown_mib()
+        self._lock, self._stop = threading.Lock(), threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            sample = memory_breakdown_mib()
+            with self._lock:
+                if sample["rss"] > self.peak["rss"]:
+                    self.peak = sample
+
+    def reset(self) -> dict[str, float]:
+        """The largest sample since the last reset; starts a new period."""
+        with self._lock:
+            peak, self.peak = self.peak, memory_breakdown_mib()
+        return peak
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def run_child(args: list[str], timeout: float = 1800) -> dict[str, Any]:

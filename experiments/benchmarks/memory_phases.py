@@ -20,7 +20,11 @@ resident set are read:
 
 XLA's own buffer accounting (``xla_mib``, abstract compiles in the parent process): the
 step's temp buffers with the automatic log-prob chunking, 16-position chunks and full
-logits, and the policy loss's temp forward only and with its gradient.
+logits, the step's arguments and temp with cached reference log-probs, and the policy
+loss's temp forward only and with its gradient. Each phase also records what its peak
+was made of (``at_peak_mib``: anonymous and file-backed resident pages, glibc's heap; the
+largest of 50 ms samples) and which checkpoint pages stay mapped
+(``safetensors_rss_mib``: `from_pretrained` in transformers maps the files).
 ``--xla-only`` runs just that part. Beside the measurement, the accounting in bytes:
 weights (policy, reference), gradients, AdamW moments, and the ``[2B, T, V]`` float32
 logits a full log-softmax materialises.
@@ -35,6 +39,7 @@ The last line is one JSON object: per vocabulary, per side, per phase ``peak_mib
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 import time
@@ -74,9 +79,10 @@ class Phases:
     """Peak and current RSS per named phase (the high-water mark reset before each)."""
 
     def __init__(self) -> None:
-        self.rows: dict[str, dict[str, float]] = {}
+        self.rows: dict[str, dict[str, Any]] = {}
         self.t = time.perf_counter()
         C.reset_peak_rss()
+        self.sampler = C.PeakSampler()
 
     def end(self, name: str, **extra: Any) -> None:
         now = time.perf_counter()
@@ -84,9 +90,18 @@ class Phases:
             "peak_mib": round(C.peak_rss_mib(), 1),
             "rss_mib": round(C.rss_mib(), 1),
             "seconds": round(now - self.t, 2),
+            # what the resident set was made of: the largest 50 ms sample, and at the end
+            "at_peak_mib": self.sampler.reset(),
+            "after_mib": C.memory_breakdown_mib(),
+            # checkpoint pages still mapped (memory-mapped safetensors), by file
+            "safetensors_rss_mib": {
+                "/".join(Path(k).parts[-2:]): v
+                for k, v in C.mapped_files_rss_mib(".safetensors").items()
+            },
             **extra,
         }
         C.reset_peak_rss()
+        self.sampler.reset()
         self.t = time.perf_counter()
 
 
@@ -164,6 +179,7 @@ def child_ours(args: argparse.Namespace, weights: Path) -> dict[str, Any]:
         for name in ("argument", "output", "alias", "temp", "generated_code")
     }
     ph.end("compile", xla_mib=xla)
+    initial = jax.tree.leaves(setup.policy.params)
     losses = []
     for i, host in enumerate(batches):
         with jax.set_mesh(mesh):
@@ -171,7 +187,8 @@ def child_ours(args: argparse.Namespace, weights: Path) -> dict[str, Any]:
             state, metrics = compiled(state, setup.reference, batch)
         losses.append(float(metrics["loss"]))
         if i == 0:
-            ph.end("step1")
+            # the donated initial parameters are gone (no second copy of the policy)
+            ph.end("step1", initial_params_deleted=all(x.is_deleted() for x in initial))
     ph.end("steps")
     return {"phases": ph.rows, "losses": losses}
 
@@ -249,6 +266,19 @@ def xla_breakdown(args: argparse.Namespace, vocab: int) -> dict[str, Any]:
             analysis.temp_size_in_bytes
         )
         out["step_argument"] = mib(analysis.argument_size_in_bytes)
+    # What `--reference cached` leaves: the step without the reference (its log-probs in
+    # the batch).
+    config = from_preset("tiny", model_config=hf, pairs="helpful", batch_size=b,
+                         max_length=t, reference="cached")  # fmt: skip
+    setup = setup_step(config, policy, mesh, reference=policy, total_steps=10)
+    fn = setup.compile(reference_in_step=False)
+    cached = dataclasses.replace(batch, ref_logps=sds((b, 2), jnp.float32))
+    with jax.set_mesh(mesh):
+        analysis = fn.lower(setup.state, None, cached).compile().memory_analysis()
+    out["cached_reference"] = {
+        "argument": mib(analysis.argument_size_in_bytes),
+        "temp": mib(analysis.temp_size_in_bytes),
+    }
     model = models.Model.split(policy)
     objective = PreferenceObjective(pairs="helpful", safe=False)
 

@@ -32,6 +32,19 @@ Peak memory comes from one subprocess per side and mode (see `_common`).
 
 The first-step loss of both sides must agree (``--loss-rtol``): a correctness cross-check.
 
+Real vocabularies (issue 19): ``--vocab N`` gives the models an N-token vocabulary (the
+sample's token ids stay below 678: the vocabulary sizes the embedding, the LM head and
+the logits), e.g. ``--sizes issue --vocab 151936`` (the issue's shape: hidden 512, MLP
+1536, 4 layers, 8 heads). ``--split`` then interleaves three more of our steps in the same
+rounds: the same model with the tokenizer's 678-token vocabulary (what the step costs
+without the large vocabulary), the large vocabulary with full logits
+(``logprob_chunk_size=0``), and one with the reference log-probs cached (the head's
+share of the reference forward gone); and reads the float32 matmul peak (2048^3) before
+and after the rounds. Achieved GFLOP/s: `_common.train_flops` (6N per token for the
+policy, 2N for the reference, attention) over all 2B x T positions (both sides compute
+the padding), plus, for our chunked log-prob path, the LM head's forward recomputed in
+the backward (2 D V per policy position); TRL's figure is without it.
+
     PYTHONPATH=. python experiments/benchmarks/vs_trl.py            # about 10 minutes
     PYTHONPATH=. python experiments/benchmarks/vs_trl.py --smoke    # seconds-scale check
 
@@ -56,7 +69,7 @@ import numpy as np
 
 LR, BETAS, EPS, WD = 1e-4, (0.9, 0.95), 1e-8, 0.05
 MODES = ("in_step", "cached")
-INIT_RANGE = {"tiny": 0.1, "small": 0.05}  # policy and reference differ visibly
+INIT_RANGE = {"tiny": 0.1, "small": 0.05, "issue": 0.02}  # policy and reference differ visibly
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -69,6 +82,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--modes", default=",".join(MODES))
     p.add_argument("--memory", type=int, default=1, help="1: peak memory by subprocesses")
     p.add_argument("--loss-rtol", type=float, default=1e-4)
+    p.add_argument("--vocab", type=int, default=0, help="model vocabulary (0: the tokenizer's)")
+    p.add_argument(
+        "--split", action="store_true", help="also time our step at 678 tokens, full logits, cached"
+    )
     p.add_argument(
         "--torch-threads", default="2,1", help="TRL runs once per count; the faster one counts"
     )
@@ -166,14 +183,17 @@ def check_tokens(trainer: Any, batches: list[Any]) -> int:
 # ----------------------------------------------------------------------------- weights
 
 
-def save_weights(size: str, tokenizer: Any, directory: Path) -> dict[str, Any]:
-    """Random policy (seed 0) and reference (seed 1) in Hugging Face format; the config."""
+def save_weights(size: str, tokenizer: Any, directory: Path, vocab: int = 0) -> dict[str, Any]:
+    """Random policy (seed 0) and reference (seed 1) in Hugging Face format; the config.
+
+    ``vocab``: the models' vocabulary if larger than the tokenizer's (0: the tokenizer's).
+    """
     import torch
     import transformers
 
     config = C.llama_config(
         size,
-        vocab_size=len(tokenizer),
+        vocab_size=max(vocab, len(tokenizer)),
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -193,7 +213,15 @@ def save_weights(size: str, tokenizer: Any, directory: Path) -> dict[str, Any]:
 class Ours:
     """Our compiled step on the sample's pairs, as the training loop runs it."""
 
-    def __init__(self, weights: Path, pairs: str, mode: str, batches: list[Any], steps: int):
+    def __init__(
+        self,
+        weights: Path,
+        pairs: str,
+        mode: str,
+        batches: list[Any],
+        steps: int,
+        chunk: int | None = None,
+    ):
         import jax
         import jax.numpy as jnp
 
@@ -225,6 +253,7 @@ class Ours:
             adam_eps=EPS,
             max_grad_norm=1.0,
             reference=mode,
+            logprob_chunk_size=chunk,
         )
         self.setup = setup_step(config, policy, self.mesh, reference=reference, total_steps=steps)
         self.batches = batches
@@ -353,11 +382,18 @@ def run_size(size: str, args: argparse.Namespace, workdir: Path) -> dict[str, An
     batches = host_batches(ds, b, t, steps)
     safe_batches = host_batches(safe_ds, b, t, steps)
     weights = workdir / size
-    config = save_weights(size, tokenizer, weights)
+    config = save_weights(size, tokenizer, weights, args.vocab)
     dataset = trl_dataset(ds, tokenizer, steps * b)
     tokens = float(np.mean([hb.attention_mask.sum() for hb in batches]))
+    rows_positions = 2 * b * t
+    flops = C.train_flops(config, 2 * b, t, reference=True)
+    recompute = 2 * config["hidden_size"] * config["vocab_size"] * rows_positions
     result: dict[str, Any] = {
         "size": size,
+        "vocab": config["vocab_size"],
+        "matmul_params": C.matmul_params(config),
+        "trl_gflop_per_step": flops / 1e9,
+        "ours_gflop_per_step": (flops + recompute) / 1e9,
         "params": C.matmul_params(config) + config["vocab_size"] * config["hidden_size"],
         "batch_pairs": b,
         "length": t,
@@ -367,32 +403,55 @@ def run_size(size: str, args: argparse.Namespace, workdir: Path) -> dict[str, An
     }
     for mode in args.modes.split(","):
         ours = Ours(weights, "helpful", mode, batches, steps)
-        safe = Ours(weights, "safedpo", mode, safe_batches, steps)
+        # with --split the SafeDPO step makes way (memory) for the variants of ours
+        safe = None if args.split else Ours(weights, "safedpo", mode, safe_batches, steps)
+        extra: dict[str, Any] = {}
+        if args.split:
+            from safedpo_jax import logprobs
+
+            small_vocab = workdir / f"{size}_v{len(tokenizer)}"
+            small_config = save_weights(size, tokenizer, small_vocab)
+            extra = {
+                "ours_small_vocab": Ours(small_vocab, "helpful", mode, batches, steps),
+                "ours_project_all": Ours(weights, "helpful", mode, batches, steps),
+                "ours_cached": Ours(weights, "helpful", "cached", batches, steps),
+            }
+            result["small_vocab_gflop_per_step"] = (
+                C.train_flops(small_config, 2 * b, t, reference=True) / 1e9
+            )
+            for name, variant in extra.items():
+                # the previous log-prob path: every position projected (traced here)
+                logprobs.SKIP_MASKED_CHUNKS = name != "ours_project_all"
+                result[f"{name}_compile_s"] = C.timed(variant.step)
+            logprobs.SKIP_MASKED_CHUNKS = True
+            result["matmul_peak_gflops_before"] = C.matmul_peak_gflops()
         # The first call compiles; it is also the first step (batch 0, initial weights).
         start = time.perf_counter()
         first = ours.step()
         compile_s = time.perf_counter() - start
         ours_first = float(first["loss"])
         ours_logps = (float(first["logps/chosen"]), float(first["logps/rejected"]))
-        safe_compile_s = C.timed(safe.step)
+        safe_compile_s = None if safe is None else C.timed(safe.step)
 
         import torch
 
-        times: dict[str, list[tuple[float, float]]] = {"ours": [], "safedpo": []}
+        ours_steps = {"ours": ours.step} | ({} if safe is None else {"safedpo": safe.step})
+        ours_steps |= {k: v.step for k, v in extra.items()}
+        times: dict[str, list[tuple[float, float]]] = {k: [] for k in ours_steps}
         trl_runs: dict[int, list[tuple[float, float]]] = {}
         for threads in (int(x) for x in args.torch_threads.split(",")):
             torch.set_num_threads(threads)
             trainer = make_trl(weights, tokenizer, dataset, mode, b, t, steps, str(workdir / "trl"))
             checked = check_tokens(trainer, batches)
-            run: dict[str, list[tuple[float, float]]] = {"trl": [], "ours": [], "safedpo": []}
-            trainer.add_callback(interleave(run, {"ours": ours.step, "safedpo": safe.step}))
+            run: dict[str, list[tuple[float, float]]] = {"trl": []} | {k: [] for k in ours_steps}
+            trainer.add_callback(interleave(run, ours_steps))
             trainer.train()
             log = [r for r in trainer.state.log_history if "loss" in r]
             trl_first = float(log[0]["loss"])
             trl_logps = (float(log[0]["logps/chosen"]), float(log[0]["logps/rejected"]))
             trl_runs[threads] = run["trl"][args.warmup :]
             trl_first_step = run["trl"][0][0]
-            for k in ("ours", "safedpo"):
+            for k in ours_steps:
                 times[k] += run[k][args.warmup :]
         trl_med = {n: C.median([w for w, _ in v]) for n, v in trl_runs.items()}
         best_threads = min(trl_med, key=trl_med.get)
@@ -403,11 +462,11 @@ def run_size(size: str, args: argparse.Namespace, workdir: Path) -> dict[str, An
                 weights, tokenizer, dataset, mode, b, t, steps, str(workdir / "trl"),
                 gradient_checkpointing=True,
             )  # fmt: skip
-            run = {"trl": [], "ours": [], "safedpo": []}
-            trainer.add_callback(interleave(run, {"ours": ours.step, "safedpo": safe.step}))
+            run = {"trl": []} | {k: [] for k in ours_steps}
+            trainer.add_callback(interleave(run, ours_steps))
             trainer.train()
             trl_gc = C.median([w for w, _ in run["trl"][args.warmup :]])
-            for k in ("ours", "safedpo"):
+            for k in ours_steps:
                 times[k] += run[k][args.warmup :]
         times["trl"] = trl_runs[best_threads]
         med = {k: C.median([w for w, _ in v]) for k, v in times.items()}
@@ -415,12 +474,12 @@ def run_size(size: str, args: argparse.Namespace, workdir: Path) -> dict[str, An
         r = {
             "ours_step_s": med["ours"],
             "trl_step_s": med["trl"],
-            "safedpo_step_s": med["safedpo"],
+            "safedpo_step_s": med.get("safedpo"),
             "ours_steps_per_s": 1 / med["ours"],
             "trl_steps_per_s": 1 / med["trl"],
             "ours_tokens_per_s": tokens / med["ours"],
             "trl_tokens_per_s": tokens / med["trl"],
-            "safedpo_tokens_per_s": tokens / med["safedpo"],
+            "safedpo_tokens_per_s": tokens / med["safedpo"] if safe else None,
             "speedup": med["trl"] / med["ours"],
             "ours_cpu_s": cpu["ours"],
             "trl_cpu_s": cpu["trl"],
@@ -438,7 +497,17 @@ def run_size(size: str, args: argparse.Namespace, workdir: Path) -> dict[str, An
             "ours_first_logps": ours_logps,
             "trl_first_logps": trl_logps,
             "token_batches_checked": checked,
+            "ours_gflops": result["ours_gflop_per_step"] / med["ours"],
+            "trl_gflops": result["trl_gflop_per_step"] / med["trl"],
+            "ours_gflops_by_cpu": result["ours_gflop_per_step"] / (cpu["ours"] / os.cpu_count()),
+            "trl_gflops_by_cpu": result["trl_gflop_per_step"] / (cpu["trl"] / os.cpu_count()),
+            "step_s_all_rounds": {k: [round(w, 4) for w, _ in v] for k, v in times.items()},
         }
+        for k in extra:
+            r[f"{k}_step_s"], r[f"{k}_cpu_s"] = med[k], cpu[k]
+        if extra:
+            r["matmul_peak_gflops_after"] = C.matmul_peak_gflops()
+            r["matmul_peak_gflops_before"] = result["matmul_peak_gflops_before"]
         if r["first_loss_rel_diff"] > args.loss_rtol:
             raise AssertionError(
                 f"{size}/{mode}: first-step losses differ: ours {ours_first}, TRL {trl_first}"

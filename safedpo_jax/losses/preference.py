@@ -576,6 +576,7 @@ def chunked_sequence_logprobs(
     loss_mask: ArrayLike,
     *,
     chunk_size: int = 256,
+    skip_masked: bool = True,
 ) -> Array:
     """`sequence_logprobs` of ``hidden @ unembedding`` without materialising the logits.
 
@@ -584,6 +585,13 @@ def chunked_sequence_logprobs(
     discarded. The chunk body is rematerialised (`jax.checkpoint`) so the backward pass
     recomputes one chunk's logits at a time as well: peak memory holds one
     ``[..., chunk_size, V]`` float32 block instead of ``[..., T, V]``.
+
+    With ``skip_masked`` (the default) each sequence's counted positions are moved to its
+    front first (a stable sort, so they keep their order) and a chunk whose positions are
+    all masked in every sequence is skipped (`jax.lax.cond`), in the backward pass too:
+    the projection runs over the ceil(longest response / chunk_size) chunks that hold
+    responses, not over prompts and padding. The sums are the same up to float32
+    summation order.
 
     Args:
       hidden: [..., T, D] final hidden states, aligned with ``target_ids`` (position t
@@ -594,6 +602,7 @@ def chunked_sequence_logprobs(
       loss_mask: [..., T] bool; masked positions contribute exactly 0.
       chunk_size: positions per chunk; T is padded up to a multiple of it (padding is
         masked).
+      skip_masked: gather the counted positions first and skip all-masked chunks.
 
     Returns:
       [...] float32, equal to ``sequence_logprobs(hidden @ unembedding, ...)`` up to
@@ -615,6 +624,12 @@ def chunked_sequence_logprobs(
         raise ValueError(f"unembedding has shape {w_dv.shape}, expected ({d}, vocab)")
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    if skip_masked:
+        # counted positions first, in order; the rest (prompt, padding) after them
+        order = jnp.argsort(~mask, axis=-1, stable=True)
+        hidden = jnp.take_along_axis(hidden, order[..., None], axis=-2)
+        ids = jnp.take_along_axis(ids, order, axis=-1)
+        mask = jnp.take_along_axis(mask, order, axis=-1)
     n_chunks = max(1, math.ceil(t / chunk_size))
     pad = n_chunks * chunk_size - t
     if pad:
@@ -636,7 +651,12 @@ def chunked_sequence_logprobs(
         logits_cv = logits_rv.reshape(*h_cd.shape[:-1], w_dv.shape[1])
         return sequence_logprobs(logits_cv, ids_c, mask_c)
 
+    def skipped(h_cd: Array, ids_c: Array, mask_c: Array) -> Array:
+        return jnp.zeros(lead, jnp.float32)
+
     def body(total: Array, chunk: tuple[Array, Array, Array]) -> tuple[Array, None]:
+        if skip_masked:
+            return total + jax.lax.cond(jnp.any(chunk[2]), chunk_logps, skipped, *chunk), None
         return total + chunk_logps(*chunk), None
 
     total, _ = jax.lax.scan(body, jnp.zeros(lead, jnp.float32), (hidden_c, ids_c, mask_c))
