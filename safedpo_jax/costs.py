@@ -18,7 +18,14 @@ Conventions:
   work the machine did, padding included (XLA counts every position of a padded shape).
 - XLA's cost analysis counts the body of a ``while`` loop once, whatever its trip count
   (tested in ``tests/test_costs.py``). Code that runs a loop adds the missing trips with
-  `Ledger.add_flops` (generation: ``prefill + steps x decode step``).
+  `Ledger.add_flops` (generation: ``prefill + steps x decode step``). Loops of a known
+  trip count in the compiled program (``jax.lax.scan``: the decoder's scanned layers) are
+  found in its HLO and their uncounted trips recorded per function
+  (``uncounted_loop_trips``): a count with such trips covers one layer of the stack, so
+  `Ledger.complete` is False and code that needs whole counts builds its models with
+  ``scan_layers=False`` (the same parameters and numbers, every layer in the count).
+- A ``lax.cond`` counts as its costlier branch, whichever runs (the skipped log-prob
+  chunks of `safedpo_jax.losses` are counted as projected: an upper bound).
 - Memory: the largest ``argument + output + temp - alias`` bytes over the function's
   compiled variants (XLA's estimate of the program's live buffers, not the process's RSS).
 
@@ -37,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -52,6 +60,8 @@ __all__ = [
     "memory_bytes",
     "program_flops",
     "recording",
+    "uncounted_loops",
+    "uncounted_trips",
 ]
 
 _ACTIVE: contextvars.ContextVar[Ledger | None] = contextvars.ContextVar(
@@ -71,6 +81,37 @@ def program_flops(compiled: Any) -> float:
     if not analyses or any(a is None or "flops" not in a for a in analyses):
         raise ValueError(f"the backend reports no FLOP count for this program: {analysis!r}")
     return float(sum(a["flops"] for a in analyses))
+
+
+_TRIP_COUNT = re.compile(r'known_trip_count"?\s*:\s*\{\s*"?n"?\s*:\s*"?(\d+)')
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+
+
+def uncounted_loops(compiled: Any) -> dict[str, int]:
+    """The loops of known trip count in a compiled program's HLO text, by the JAX operation
+    that made them (``op_name``), with the trips beyond the first that XLA's count leaves
+    out; empty when the backend gives no text."""
+    try:
+        text = compiled.as_text()
+    except (NotImplementedError, RuntimeError, AttributeError):
+        return {}
+    loops: dict[str, int] = {}
+    for line in (text or "").splitlines():
+        if " while(" not in line:
+            continue
+        trips = _TRIP_COUNT.search(line)
+        if trips is None or int(trips.group(1)) < 2:
+            continue
+        name = _OP_NAME.search(line)
+        key = name.group(1) if name else "while"
+        loops[key] = loops.get(key, 0) + int(trips.group(1)) - 1
+    return loops
+
+
+def uncounted_trips(compiled: Any) -> int:
+    """The trips XLA's count leaves out of a compiled program's loops of known trip count
+    (each loop's trips beyond the first, summed; see `uncounted_loops`)."""
+    return sum(uncounted_loops(compiled).values())
 
 
 def memory_bytes(compiled: Any) -> dict[str, int] | None:
@@ -101,7 +142,11 @@ class Entry:
     variants: compiled programs (distinct argument signatures); flops_per_call: each
     variant's count in compile order. memory: `memory_bytes` of the variant with the
     largest peak. loop_trips: loop iterations added by `Ledger.add_flops`.
-    last_call_flops: the count of the latest call's program.
+    last_call_flops: the count of the latest call's program. uncounted_loop_trips: the
+    trips beyond the first of the known-trip-count loops in its programs (the most of any
+    variant), which XLA's count leaves out (see the module docstring); uncounted_loops:
+    those trips by the JAX operation that made each loop (a random-key split's threefry
+    rounds, a scanned layer stack, ...).
     """
 
     name: str
@@ -112,6 +157,8 @@ class Entry:
     memory: dict[str, int] | None = None
     loop_trips: int = 0
     last_call_flops: float = 0.0
+    uncounted_loop_trips: int = 0
+    uncounted_loops: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -148,6 +195,9 @@ class Ledger:
             entry = self.entry(name)
             entry.variants += 1
             entry.flops_per_call.append(found.flops)
+            loops = uncounted_loops(compiled)
+            if sum(loops.values()) >= entry.uncounted_loop_trips:
+                entry.uncounted_loop_trips, entry.uncounted_loops = sum(loops.values()), loops
             memory = memory_bytes(compiled)
             if memory is not None and (
                 entry.memory is None or memory["peak"] > entry.memory["peak"]
@@ -170,6 +220,11 @@ class Ledger:
         entry.loop_trips += loop_trips
 
     @property
+    def complete(self) -> bool:
+        """Whether every count covers every loop trip (no `Entry.uncounted_loop_trips`)."""
+        return all(e.uncounted_loop_trips == 0 for e in self.entries.values())
+
+    @property
     def total_flops(self) -> float:
         return float(sum(e.flops for e in self.entries.values()))
 
@@ -177,6 +232,7 @@ class Ledger:
         """``{"flops": total, "functions": {name: Entry fields}}`` (JSON-ready)."""
         return {
             "flops": self.total_flops,
+            "complete": self.complete,
             "functions": {name: e.to_dict() for name, e in self.entries.items()},
         }
 

@@ -93,7 +93,9 @@ def test_program_flops_reads_both_cost_analysis_formats():
 
 @pytest.fixture(scope="module")
 def model():
-    return models.init_model(models.DecoderConfig.from_hf(MODEL), rngs=nnx.Rngs(0))
+    return models.init_model(
+        models.DecoderConfig.from_hf(MODEL), rngs=nnx.Rngs(0), scan_layers=False
+    )
 
 
 def forward_flops(tokens: int, positions: float) -> float:
@@ -132,3 +134,40 @@ def test_generation_counts_the_prefill_and_every_decode_step(model):
     want = 12 * forward_flops(b, p + 12) - 4 * forward_flops(b, p + 4)
     np.testing.assert_allclose(extra, want, rtol=MODEL_RTOL)
     assert long.entries["generate/prefill"].calls == 0  # inside generate's count
+
+
+def test_a_scanned_stack_is_flagged_as_counted_once():
+    """XLA counts a scanned body once: the ledger records the trips it leaves out (the
+    decoder's scanned layers), and the unrolled stack counts every layer."""
+    x = jnp.ones((16, 16))
+    ws = jnp.ones((4, 16, 16))
+
+    def scanned(x, ws):
+        return jax.lax.scan(lambda h, w: (jnp.tanh(h @ w), None), x, ws)[0]
+
+    def unrolled(x, ws):
+        for i in range(ws.shape[0]):
+            x = jnp.tanh(x @ ws[i])
+        return x
+
+    ledger = costs.Ledger()
+    with costs.recording(ledger):
+        costs.counted("scanned", jax.jit(scanned))(x, ws)
+        costs.counted("unrolled", jax.jit(unrolled))(x, ws)
+    s, u = ledger.entries["scanned"], ledger.entries["unrolled"]
+    matmul = 2 * 16 * 16 * 16
+    assert s.uncounted_loop_trips == 3 and u.uncounted_loop_trips == 0
+    assert matmul <= s.flops < 2 * matmul  # one layer's matmul
+    assert 4 * matmul <= u.flops < 5 * matmul  # all four
+    assert not ledger.complete
+
+    # the decoder: scanned layers are flagged (L - 1 trips), unrolled ones are not
+    ids = jnp.ones((1, 4), jnp.int32)
+    layers = MODEL["num_hidden_layers"]
+    for scan_layers, trips in ((True, layers - 1), (False, 0)):
+        m = models.init_model(
+            models.DecoderConfig.from_hf(MODEL), rngs=nnx.Rngs(0), scan_layers=scan_layers
+        )
+        graphdef, state = nnx.split(m)
+        forward = jax.jit(lambda state, ids, g=graphdef: nnx.merge(g, state)(ids))
+        assert costs.uncounted_trips(forward.lower(state, ids).compile()) == trips, scan_layers

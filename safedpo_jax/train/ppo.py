@@ -187,6 +187,11 @@ class PPOConfig:
     )
     dtype: str = _field("bfloat16", "compute dtype")
     param_dtype: str = _field("float32", "parameter dtype")
+    scan_layers: bool = _field(
+        True,
+        "apply the decoder blocks with lax.scan (False: a Python loop over the same stack; "
+        "the same numbers, and XLA's FLOP count then covers every layer)",
+    )
     mesh_data: int = _field(1, "data-parallel axis of the device mesh")
     mesh_fsdp: int = _field(-1, "FSDP axis of the device mesh (-1: the remaining devices)")
     mesh_tensor: int = _field(1, "tensor-parallel axis of the device mesh")
@@ -332,7 +337,12 @@ class PPOResult:
 
 
 def _options(config: PPOConfig, mesh: Mesh) -> dict[str, Any]:
-    return {"dtype": DTYPES[config.dtype], "param_dtype": DTYPES[config.param_dtype], "mesh": mesh}
+    return {
+        "dtype": DTYPES[config.dtype],
+        "param_dtype": DTYPES[config.param_dtype],
+        "scan_layers": config.scan_layers,
+        "mesh": mesh,
+    }
 
 
 def _actor(config: PPOConfig, tokenizer: Any, mesh: Mesh) -> models.CausalLM:

@@ -29,8 +29,18 @@ RTOL = 0.15
 def test_step_and_reference_pass_flops_follow_6nt_and_2nt():
     assert N == 20_480
     mesh = sharding.make_mesh(1, 1, 1)
-    config = from_preset("tiny", model_config=MICRO, pairs="helpful", batch_size=B, max_length=T)
-    setup = setup_step(config, build(mesh, 0), mesh, reference=build(mesh, 1), total_steps=4)
+    # full logits: the chunked log-prob path is a lax.scan over chunks, counted once
+    config = from_preset(
+        "tiny",
+        model_config=MICRO,
+        pairs="helpful",
+        batch_size=B,
+        max_length=T,
+        logprob_chunk_size=0,
+    )
+    # unrolled layers: XLA counts a scanned stack's body once (test_costs.py)
+    policy, reference = build(mesh, 0, scan_layers=False), build(mesh, 1, scan_layers=False)
+    setup = setup_step(config, policy, mesh, reference=reference, total_steps=4)
     ledger = costs.Ledger()
     with costs.recording(ledger), jax.set_mesh(mesh):
         ref = costs.counted("reference_pass", setup.reference_logps())(setup.reference, batch())
@@ -44,3 +54,7 @@ def test_step_and_reference_pass_flops_follow_6nt_and_2nt():
     # forward and backward: about three forwards (a forward-only count would give 1)
     assert 2.7 < train.flops_per_call[0] / forward.flops < 3.5
     assert train.memory is not None and train.memory["peak"] > 0
+    # the only loop whose trips XLA leaves out: the step's random-key split (threefry
+    # rounds on a few integers), no matmul
+    assert all("threefry" in op for op in train.uncounted_loops), train.uncounted_loops
+    assert forward.uncounted_loop_trips == 0

@@ -28,10 +28,11 @@ B, T = 4, 16
 LABELS = np.array([[False, False], [True, False], [False, True], [True, True]])
 
 
-def build(mesh, seed: int, hf: dict | None = None):
-    """A random micro model (``hf`` overrides MICRO, e.g. a score-model architecture)."""
+def build(mesh, seed: int, hf: dict | None = None, **options):
+    """A random micro model (``hf`` overrides MICRO, e.g. a score-model architecture;
+    ``options``: `ModelOptions` fields such as ``scan_layers``)."""
     config = models.DecoderConfig.from_hf(MICRO if hf is None else hf)
-    return models.init_model(config, rngs=nnx.Rngs(seed), mesh=mesh)
+    return models.init_model(config, rngs=nnx.Rngs(seed), mesh=mesh, **options)
 
 
 def batch(ref_logps=None, unsafe=LABELS) -> StepBatch:
