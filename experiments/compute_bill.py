@@ -394,12 +394,18 @@ def _uncounted_note(payload: dict[str, Any]) -> str:
     for stage in payload["per_repeat"][0].values():
         for name, entry in stage["compute"].get("functions", {}).items():
             for op, trips in (entry.get("uncounted_loops") or {}).items():
-                key = f"`{name}`: {op.split('/')[-2] if '/' in op else op}"
+                parts = op.split("/")
+                what = next((q for q in parts if "threefry" in q), op)
+                key = f"`{name}`: {what}"
                 found[key] = max(found.get(key, 0), trips)
     if not found:
         return "no loop trips are left out of the counts."
     listed = "; ".join(f"{k} ({v} trips)" for k, v in sorted(found.items()))
-    return f"loops whose later trips XLA leaves out of the counts: {listed}."
+    return (
+        f"loops whose later trips XLA leaves out of the counts: {listed} (threefry rounds "
+        "of random draws and key splits, and in PPO's `experience` GAE's reverse scans over the "
+        "response tokens: integer or elementwise work on a few values per token, no matmul)."
+    )
 
 
 def bill_markdown(payload: dict[str, Any]) -> str:
