@@ -10,13 +10,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _synthetic_safety():
+def _script(name: str):
+    """An experiments/ script as a module (they import their siblings)."""
     sys.path.insert(0, str(ROOT / "experiments"))
     try:
-        path = ROOT / "experiments" / "synthetic_safety.py"
-        spec = importlib.util.spec_from_file_location("synthetic_safety", path)
+        path = ROOT / "experiments" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
-        sys.modules["synthetic_safety"] = module
+        sys.modules[name] = module
         spec.loader.exec_module(module)
         return module
     finally:
@@ -30,7 +31,7 @@ def test_readme_table_is_the_quick_start_commands_table_of_the_recorded_run():
     section = readme.split("What the comparison prints", 1)[1]
     table = [line for line in section.split("\n\n", 2)[1].splitlines() if line.startswith("|")]
     recorded = json.loads((ROOT / "experiments/results/synthetic_results.json").read_text())
-    ss = _synthetic_safety()
+    ss = _script("synthetic_safety")
     printed = ss.summary_markdown(recorded["methods"], len(recorded["seeds"]))
     printed_table = [line for line in printed.splitlines() if line.startswith("|")]
     assert table == printed_table
@@ -41,15 +42,7 @@ def test_readme_table_is_the_quick_start_commands_table_of_the_recorded_run():
 def test_readme_tuning_tables_are_the_recorded_sweeps():
     """The tuning guide's Delta and beta tables are `sweeps.guide_markdown` of the committed
     sweeps.json, and the committed delta_sweep.md / beta_sweep.md are the same tables."""
-    sys.path.insert(0, str(ROOT / "experiments"))
-    try:
-        path = ROOT / "experiments" / "sweeps.py"
-        spec = importlib.util.spec_from_file_location("sweeps", path)
-        sweeps = importlib.util.module_from_spec(spec)
-        sys.modules["sweeps"] = sweeps
-        spec.loader.exec_module(sweeps)
-    finally:
-        sys.path.remove(str(ROOT / "experiments"))
+    sweeps = _script("sweeps")
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Tuning Delta and beta", 1)[1].split("\n## ", 1)[0]
     recorded = json.loads((ROOT / "experiments/results/sweeps.json").read_text())

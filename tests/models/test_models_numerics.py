@@ -5,14 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from modelhelpers import forward as _forward
+from modelhelpers import grads as _grads
+from modelhelpers import loss as _loss
+from modelhelpers import rngs as _rngs
+from modelhelpers import variant as _variant
 
 from safedpo_jax.models import DecoderConfig, init_model
-
-
-def _rngs():
-    # rbg keys compile ~3x faster than threefry on CPU; sharding invariance is not needed here.
-    return nnx.Rngs(jax.random.key(0, impl="rbg"))
-
 
 CONFIG = DecoderConfig(
     model_type="qwen2", vocab_size=64, hidden_size=32, intermediate_size=64,
@@ -25,28 +24,6 @@ MASK = jnp.asarray([[1] * 8, [1] * 5 + [0] * 3, [0] * 8], jnp.int32)  # last row
 @pytest.fixture(scope="module")
 def model():
     return init_model(CONFIG, rngs=_rngs())
-
-
-def _variant(model, **options):
-    """The same weights under other (static) options, without a second random init."""
-    abstract = nnx.eval_shape(lambda: type(model)(model.config, rngs=_rngs(), **options))
-    return nnx.merge(nnx.graphdef(abstract), nnx.state(model))
-
-
-@nnx.jit
-def _forward(model, ids, mask):
-    return model(ids, mask)
-
-
-def _loss(model, ids, mask):
-    logp = jax.nn.log_softmax(model(ids, mask).astype(jnp.float32))
-    picked = jnp.take_along_axis(logp[:, :-1], ids[:, 1:, None], axis=-1)[..., 0]
-    return -jnp.sum(jnp.where(mask[:, 1:] > 0, picked, 0.0))
-
-
-@nnx.jit
-def _grads(model, ids, mask):
-    return nnx.grad(_loss)(model, ids, mask)
 
 
 def test_bf16_compute_over_fp32_params_is_close_to_fp32(model):

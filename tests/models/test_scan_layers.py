@@ -9,15 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from modelhelpers import forward as _forward
+from modelhelpers import grads as _grads
+from modelhelpers import rngs as _rngs
+from modelhelpers import variant as _variant
 
 from safedpo_jax.models import DecoderConfig, init_model
 from safedpo_jax.models.hf import iter_hf_tensors
 from safedpo_jax.sharding import variable_names
-
-
-def _rngs():
-    return nnx.Rngs(jax.random.key(0, impl="rbg"))
-
 
 # Qwen2 with per-layer attention types: layers 0 and 1 attend fully,
 # layer 2 within a window of 3, so the scan must pick a different mask per layer.
@@ -28,27 +27,6 @@ MIXED = DecoderConfig(
 )  # fmt: skip
 IDS = jnp.asarray(np.random.RandomState(0).randint(1, 64, (2, 9)), jnp.int32)
 MASK = jnp.asarray([[1] * 9, [1] * 6 + [0] * 3], jnp.int32)
-
-
-def _variant(model, **options):
-    abstract = nnx.eval_shape(lambda: type(model)(model.config, rngs=_rngs(), **options))
-    return nnx.merge(nnx.graphdef(abstract), nnx.state(model))
-
-
-@nnx.jit
-def _forward(model, ids, mask):
-    return model(ids, mask)
-
-
-def _loss(model, ids, mask):
-    logp = jax.nn.log_softmax(model(ids, mask).astype(jnp.float32))
-    picked = jnp.take_along_axis(logp[:, :-1], ids[:, 1:, None], axis=-1)[..., 0]
-    return -jnp.sum(jnp.where(mask[:, 1:] > 0, picked, 0.0))
-
-
-@nnx.jit
-def _grads(model, ids, mask):
-    return nnx.grad(_loss)(model, ids, mask)
 
 
 def test_windows_differ_per_layer():
