@@ -73,6 +73,21 @@ SIZES: dict[str, dict[str, Any]] = {
 }
 
 
+# The optimizer both sides of a TRL comparison use: AdamW, no warmup, clipping at 1.
+LR, BETAS, EPS, WD = 1e-4, (0.9, 0.95), 1e-8, 0.05
+# The same AdamW as `TrainConfig` fields (TRL's side: DPOConfig's learning_rate, adam_beta*,
+# adam_epsilon, weight_decay from the constants above).
+OPTIMIZER_FIELDS = {
+    "learning_rate": LR,
+    "warmup_ratio": 0.0,
+    "weight_decay": WD,
+    "adam_b1": BETAS[0],
+    "adam_b2": BETAS[1],
+    "adam_eps": EPS,
+    "max_grad_norm": 1.0,
+}
+
+
 def llama_config(size: str | dict[str, Any], *, vocab_size: int, **ids: int) -> dict[str, Any]:
     """A Hugging Face ``config.json`` dict for a Llama of ``size`` (a `SIZES` name or dict)."""
     dims = SIZES[size] if isinstance(size, str) else size

@@ -55,7 +55,6 @@ DIMS = {
     "num_attention_heads": 8,
     "num_key_value_heads": 8,
 }
-LR, BETAS, EPS, WD = 1e-4, (0.9, 0.95), 1e-8, 0.05
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -157,13 +156,7 @@ def child_ours(args: argparse.Namespace, weights: Path) -> dict[str, Any]:
         beta=0.1,
         batch_size=args.pairs,
         max_length=args.tokens,
-        learning_rate=LR,
-        warmup_ratio=0.0,
-        weight_decay=WD,
-        adam_b1=BETAS[0],
-        adam_b2=BETAS[1],
-        adam_eps=EPS,
-        max_grad_norm=1.0,
+        **C.OPTIMIZER_FIELDS,
     )
     setup = setup_step(config, policy, mesh, reference=reference, total_steps=args.steps)
     del policy, reference

@@ -67,7 +67,7 @@ from typing import Any
 import _common as C
 import numpy as np
 
-LR, BETAS, EPS, WD = 1e-4, (0.9, 0.95), 1e-8, 0.05
+LR, BETAS, EPS, WD = C.LR, C.BETAS, C.EPS, C.WD
 MODES = ("in_step", "cached")
 INIT_RANGE = {"tiny": 0.1, "small": 0.05, "issue": 0.02}  # policy and reference differ visibly
 
@@ -245,13 +245,7 @@ class Ours:
             beta=0.1,
             batch_size=b,
             max_length=t,
-            learning_rate=LR,
-            warmup_ratio=0.0,
-            weight_decay=WD,
-            adam_b1=BETAS[0],
-            adam_b2=BETAS[1],
-            adam_eps=EPS,
-            max_grad_norm=1.0,
+            **C.OPTIMIZER_FIELDS,
             reference=mode,
             logprob_chunk_size=chunk,
         )
