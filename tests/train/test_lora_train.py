@@ -12,53 +12,23 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from test_train import MICRO, ROOT, read_metrics
+from test_train import micro_config as train_micro_config
 
 from safedpo_jax import sharding
 from safedpo_jax.data import load_tokenizer
 from safedpo_jax.logprobs import sequence_logps
 from safedpo_jax.models import Model, lora, save_pretrained
 from safedpo_jax.train import lora as train_lora
-from safedpo_jax.train.config import from_preset
 from safedpo_jax.train.loop import prepare, train
 from safedpo_jax.train.rundir import RunDirMismatch
 from safedpo_jax.train.setup import build_model
 
-ROOT = Path(__file__).resolve().parents[2]
-MICRO = {
-    "model_type": "llama",
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 128,
-}
-TIMING = {"tokens_per_s"}
-
 
 def micro_config(tmp_path: Path, name: str, **overrides):
-    fields = dict(
-        model_config=MICRO,
-        batch_size=8,
-        max_steps=3,
-        log_every=1,
-        save_every=2,
-        eval_batches=1,
-        learning_rate=1e-2,
-        warmup_ratio=0.0,
-        output_dir=str(tmp_path / name),
-        ref_cache_dir=str(tmp_path / "refcache"),
-        export=False,
-        lora_rank=4,
-        lora_alpha=8.0,
-    )
-    fields.update(overrides)
-    return from_preset("tiny", **fields)
-
-
-def read_metrics(output_dir) -> list[dict]:
-    lines = (Path(output_dir) / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(x).items() if k not in TIMING} for x in lines]
+    """test_train's micro run with a rank-4 adapter, 3 steps and one held-out batch."""
+    defaults = {"max_steps": 3, "eval_batches": 1, "lora_rank": 4, "lora_alpha": 8.0}
+    return train_micro_config(tmp_path, name, **{**defaults, **overrides})
 
 
 def train_records(output_dir) -> list[dict]:
